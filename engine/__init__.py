@@ -1,0 +1,12 @@
+"""The inference engine: token ids in, token ids out. Config, weights, KV cache, forward pass,
+sampler and scheduler. Never imports tokenizer/ or server/.
+"""
+
+from engine.config import EngineConfig, ModelConfig, ModelError
+from engine.engine import Engine
+from engine.loader import load_model
+from engine.request import RequestOutput
+from engine.sampling import SamplingParams
+
+__all__ = ["Engine", "EngineConfig", "ModelConfig", "ModelError", "RequestOutput", "SamplingParams",
+           "load_model"]

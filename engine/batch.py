@@ -1,0 +1,40 @@
+"""`StepBatch`: the tokens of one engine step from several sequences, packed flat.
+
+Owns: `StepBatch`. Imports: numpy. Used by: engine.runner (builds it), engine.model (reads it).
+
+A step may hold whole prompts, prompt chunks and single decode tokens side by side; the forward
+pass treats them alike, since every token carries its own cache slot and position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    token_ids: np.ndarray  # (N,) int64
+    positions: np.ndarray  # (N,) int64, position of each token in its sequence
+    slots: np.ndarray  # (N,) int64, KV-cache slot of each token's sequence
+    logit_rows: np.ndarray  # (R,) int64, tokens whose logits the caller wants (often one per sequence)
+
+    @classmethod
+    def pack(cls, seqs: list[tuple[list[int], int, int]], logits_of: list[int] | None = None,
+             all_logits: bool = False) -> StepBatch:
+        """Pack (token_ids, start_position, slot) per sequence. logit_rows: the last token of each
+        sequence in logits_of (default: every sequence), or every token when all_logits."""
+        ids = np.concatenate([np.asarray(t, np.int64) for t, _, _ in seqs])
+        pos = np.concatenate([np.arange(p, p + len(t), dtype=np.int64) for t, p, _ in seqs])
+        slots = np.concatenate([np.full(len(t), s, np.int64) for t, _, s in seqs])
+        ends = np.cumsum([len(t) for t, _, _ in seqs]) - 1
+        if all_logits:
+            rows = np.arange(len(ids))
+        else:
+            rows = ends if logits_of is None else ends[np.asarray(logits_of, np.int64)]
+        return cls(ids, pos, slots, rows.astype(np.int64))
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)

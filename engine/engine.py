@@ -1,0 +1,59 @@
+"""The engine: token ids in, token ids out, one batched step at a time. No threads, no I/O.
+
+Owns: `Engine`. Imports: engine.*. Used by: server (from its engine thread), the CLI, tests.
+"""
+
+from __future__ import annotations
+
+from engine.config import EngineConfig
+from engine.kv_cache import KVCache
+from engine.model import Transformer
+from engine.request import Request, RequestOutput
+from engine.runner import ModelRunner
+from engine.sampling import SamplingParams
+from engine.scheduler import Scheduler
+from engine.weights import Weights
+from engine.config import ModelConfig
+
+
+class Engine:
+    def __init__(self, cfg: ModelConfig, weights: Weights, config: EngineConfig = EngineConfig()):
+        self.model_config = cfg
+        self.config = config
+        self.max_seq_len = min(config.max_seq_len, cfg.max_seq_len)
+        self.cache = KVCache(cfg, config.max_seqs, self.max_seq_len)
+        self.model = Transformer(cfg, weights, self.max_seq_len)
+        self.scheduler = Scheduler(config, self.cache)
+        self.runner = ModelRunner(self.model, self.cache)
+
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Queue a request. The prompt must leave room for at least one generated token."""
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        if len(prompt_ids) >= self.max_seq_len:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens does not fit a context of "
+                             f"{self.max_seq_len}")
+        if not all(0 <= t < self.model_config.vocab_size for t in prompt_ids):
+            raise ValueError("prompt holds a token id outside the vocabulary")
+        self.scheduler.add(Request(request_id, list(prompt_ids), params))
+
+    def abort(self, request_id: str) -> bool:
+        return self.scheduler.abort(request_id) is not None
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once over the packed batch, and advance the requests."""
+        plan = self.scheduler.schedule()
+        sampled = self.runner.execute(plan)
+        return self.scheduler.update(plan, sampled)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "gen"):
+        """Run one request alone to the end, yielding each new token id (for the CLI and tests)."""
+        self.add_request(request_id, prompt_ids, params)
+        while self.has_unfinished:
+            for out in self.step():
+                if out.request_id == request_id:
+                    yield from out.new_ids

@@ -1,0 +1,201 @@
+"""Reading a model from disk: a GGUF file or a Hugging Face directory, into `ModelConfig` and
+`Weights` in our names.
+
+Owns: `load_model`, `read_gguf`, `read_safetensors`, the HF/GGUF name tables.
+Imports: numpy, gguf, engine.config, engine.weights. Used by: server (CLI), tests, bench.
+
+Both paths produce the same `Weights`: f32 matrices (out, in), query/key rows in rotate-half
+order. GGUF tensors F32, F16, BF16, Q8_0, Q4_0 and Q4_1 are dequantized with the `gguf` package;
+safetensors F32, F16 and BF16 are read through a memory map of the file.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.config import ModelConfig, ModelError
+from engine.weights import LayerWeights, Weights
+
+# our name -> (Hugging Face name, GGUF name); "{i}" is the layer index.
+GLOBAL_NAMES = {
+    "tok_embeddings": ("model.embed_tokens.weight", "token_embd.weight"),
+    "norm": ("model.norm.weight", "output_norm.weight"),
+    "output": ("lm_head.weight", "output.weight"),
+}
+LAYER_NAMES = {
+    "attn_norm": ("model.layers.{i}.input_layernorm.weight", "blk.{i}.attn_norm.weight"),
+    "wq": ("model.layers.{i}.self_attn.q_proj.weight", "blk.{i}.attn_q.weight"),
+    "wk": ("model.layers.{i}.self_attn.k_proj.weight", "blk.{i}.attn_k.weight"),
+    "wv": ("model.layers.{i}.self_attn.v_proj.weight", "blk.{i}.attn_v.weight"),
+    "wo": ("model.layers.{i}.self_attn.o_proj.weight", "blk.{i}.attn_output.weight"),
+    "bq": ("model.layers.{i}.self_attn.q_proj.bias", "blk.{i}.attn_q.bias"),
+    "bk": ("model.layers.{i}.self_attn.k_proj.bias", "blk.{i}.attn_k.bias"),
+    "bv": ("model.layers.{i}.self_attn.v_proj.bias", "blk.{i}.attn_v.bias"),
+    "ffn_norm": ("model.layers.{i}.post_attention_layernorm.weight", "blk.{i}.ffn_norm.weight"),
+    "w1": ("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight"),
+    "w2": ("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"),
+    "w3": ("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"),
+}
+_BIASES = {"bq", "bk", "bv"}
+
+GGUF_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"}
+
+
+def load_model(path: str | Path) -> tuple[ModelConfig, Weights]:
+    """Load a `.gguf` file or a Hugging Face directory (config.json + *.safetensors)."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_hf(path)
+    if path.suffix == ".gguf" and path.is_file():
+        return _load_gguf(path)
+    raise ModelError(f"{path}: not a .gguf file or a Hugging Face model directory")
+
+
+def build_weights(cfg: ModelConfig, get) -> Weights:
+    """Assemble `Weights` from get(our_name, layer_index | None) -> f32 array or None."""
+    layers = []
+    for i in range(cfg.n_layers):
+        fields = {name: get(name, i) for name in LAYER_NAMES
+                  if name not in _BIASES or cfg.qkv_bias}
+        layers.append(LayerWeights(**fields))
+    emb = get("tok_embeddings", None)
+    out = emb if cfg.tie_embeddings else get("output", None)
+    weights = Weights(tok_embeddings=emb, layers=layers, norm=get("norm", None), output=out)
+    _check_shapes(cfg, weights)
+    return weights
+
+
+def _check_shapes(cfg: ModelConfig, w: Weights) -> None:
+    C, F, V = cfg.dim, cfg.hidden_dim, cfg.vocab_size
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    expect = {"wq": (q, C), "wk": (kv, C), "wv": (kv, C), "wo": (C, q), "w1": (F, C),
+              "w2": (C, F), "w3": (F, C), "attn_norm": (C,), "ffn_norm": (C,),
+              "bq": (q,), "bk": (kv,), "bv": (kv,)}
+    for name, shape in [("tok_embeddings", (V, C)), ("output", (V, C)), ("norm", (C,))]:
+        if getattr(w, name).shape != shape:
+            raise ModelError(f"{name}: shape {getattr(w, name).shape}, expected {shape}")
+    for i, layer in enumerate(w.layers):
+        for name, shape in expect.items():
+            arr = getattr(layer, name)
+            if arr is not None and arr.shape != shape:
+                raise ModelError(f"layer {i} {name}: shape {arr.shape}, expected {shape}")
+
+
+# ---------------------------------------------------------------- GGUF
+
+
+def read_gguf(path: str | Path):
+    """Open a GGUF file: (reader, metadata dict). Large tokenizer arrays are left out of the dict."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # the gguf package raises ValueError, struct.error, ...
+        raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
+    meta: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+                   "tokenizer.ggml.scores"):
+            continue
+        meta[key] = field.contents()
+    return reader, meta
+
+
+def _load_gguf(path: Path) -> tuple[ModelConfig, Weights]:
+    reader, meta = read_gguf(path)
+    tensors = {t.name: t for t in reader.tensors}
+    rope_freqs = _gguf_tensor(tensors["rope_freqs.weight"]) if "rope_freqs.weight" in tensors else None
+    cfg = ModelConfig.from_gguf(meta, set(tensors), rope_freqs)
+    unpermute = meta.get("general.architecture") == "llama"
+
+    def get(name: str, i: int | None) -> np.ndarray:
+        table = LAYER_NAMES if i is not None else GLOBAL_NAMES
+        key = table[name][1].format(i=i)
+        if key not in tensors:
+            raise ModelError(f"{path.name}: tensor {key!r} is missing")
+        arr = _gguf_tensor(tensors[key])
+        if unpermute and name in ("wq", "bq"):
+            arr = _unpermute_rope(arr, cfg.n_heads)
+        elif unpermute and name in ("wk", "bk"):
+            arr = _unpermute_rope(arr, cfg.n_kv_heads)
+        return arr
+
+    return cfg, build_weights(cfg, get)
+
+
+def _gguf_tensor(t) -> np.ndarray:
+    from gguf import quants
+
+    kind = t.tensor_type.name
+    if kind not in GGUF_TYPES:
+        raise ModelError(f"tensor {t.name}: GGUF type {kind} is not supported "
+                         f"(supported: {', '.join(sorted(GGUF_TYPES))})")
+    arr = quants.dequantize(t.data, t.tensor_type)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's convert-time permutation of q/k rows (interleaved pairs -> rotate-half)."""
+    rows = w.shape[0]
+    half = rows // n_heads // 2
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape).copy()
+
+
+# ---------------------------------------------------------------- Hugging Face directory
+
+
+def _load_hf(path: Path) -> tuple[ModelConfig, Weights]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{path}: no config.json")
+    try:
+        cfg = ModelConfig.from_hf(json.loads(config_file.read_text()))
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{config_file}: not valid JSON ({e})") from None
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{path}: no *.safetensors files")
+    tensors: dict[str, np.ndarray] = {}
+    for f in files:
+        tensors.update(read_safetensors(f))
+
+    def get(name: str, i: int | None) -> np.ndarray:
+        table = LAYER_NAMES if i is not None else GLOBAL_NAMES
+        key = table[name][0].format(i=i)
+        if key not in tensors:
+            raise ModelError(f"{path}: tensor {key!r} is missing")
+        return np.ascontiguousarray(tensors[key], dtype=np.float32)
+
+    return cfg, build_weights(cfg, get)
+
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Map a .safetensors file; F32 and F16 come back as-is, BF16 widened to f32."""
+    path = Path(path)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    try:
+        (n,) = struct.unpack("<Q", bytes(data[:8]))
+        header = json.loads(bytes(data[8:8 + n]))
+    except (struct.error, ValueError) as e:
+        raise ModelError(f"{path}: not a safetensors file ({e})") from None
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _ST_DTYPES:
+            raise ModelError(f"{path.name}: tensor {name} has dtype {info['dtype']} "
+                             f"(supported: F32, F16, BF16)")
+        start, end = info["data_offsets"]
+        arr = data[8 + n + start:8 + n + end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+        if info["dtype"] == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = arr
+    return out

@@ -1,0 +1,23 @@
+"""Pure numba / NumPy kernels on arrays. No engine concepts; nothing compiles at import time.
+
+Imports nothing of ours outside kernels/. Used by: engine.
+"""
+
+from kernels.activations import silu_mul
+from kernels.attention import attention
+from kernels.penalties import apply_logit_bias, apply_penalties
+from kernels.rope import apply_rope
+from kernels.sampling import argmax_rows, draw, filter_candidates, sample_rows, softmax_temperature
+
+__all__ = [
+    "apply_logit_bias",
+    "apply_penalties",
+    "apply_rope",
+    "argmax_rows",
+    "attention",
+    "draw",
+    "filter_candidates",
+    "sample_rows",
+    "silu_mul",
+    "softmax_temperature",
+]

@@ -1,0 +1,16 @@
+"""The one jit decorator every kernel uses, so compilation flags live in one place.
+
+Owns: `jit`. Imports: numba. Used by: every module in kernels/.
+
+`cache=True` writes compiled machine code next to the module (numba's on-disk cache), so only the
+first start compiles; `nogil=True` lets the engine thread run kernels while the event loop keeps
+the GIL for I/O. `fastmath` is opt-in per kernel: it lets LLVM reorder float reductions (SIMD),
+which keeps results deterministic for a given input but not bit-equal to a NumPy reference.
+"""
+
+import numba
+
+
+def jit(*, parallel: bool = False, fastmath: bool = False):
+    """`numba.njit` with the project's flags."""
+    return numba.njit(cache=True, nogil=True, parallel=parallel, fastmath=fastmath)

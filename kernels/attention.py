@@ -1,0 +1,55 @@
+"""Causal grouped-query attention of a packed batch of tokens over a slot-based KV cache.
+
+Owns: `attention`. Imports: numpy, kernels._jit. Used by: engine.model.
+"""
+
+import numpy as np
+from numba import prange
+
+from kernels._jit import jit
+
+
+@jit(parallel=True, fastmath=True)
+def attention(q, k_cache, v_cache, token_slots, positions, scale, out):
+    """Write softmax(q k^T * scale) v for every (token, head) of the step into out.
+
+    q (N, H, D) f32: queries of the step's tokens, RoPE already applied.
+    k_cache, v_cache (n_slots, S, Hkv, D) f32: one layer of the cache; this step's keys and
+        values must already be written, so token i sees cache rows 0..positions[i] of its slot
+        (causal masking is just this upper bound).
+    token_slots (N,), positions (N,) int64: cache slot and position of each token.
+    out (N, H, D) f32, written. Query head h reads kv head h // (H / Hkv) (GQA).
+
+    Each (token, head) is computed on its own with a fixed reduction order, so a token's result
+    does not depend on what else is in the batch.
+    """
+    n_tokens, n_heads, head_dim = q.shape
+    group = n_heads // k_cache.shape[2]
+    for job in prange(n_tokens * n_heads):
+        i = job // n_heads
+        h = job % n_heads
+        g = h // group
+        slot = token_slots[i]
+        n_ctx = positions[i] + 1
+        scores = np.empty(n_ctx, np.float32)
+        best = np.float32(-np.inf)
+        for t in range(n_ctx):
+            s = np.float32(0.0)
+            for d in range(head_dim):
+                s += q[i, h, d] * k_cache[slot, t, g, d]
+            s *= scale
+            scores[t] = s
+            best = max(best, s)
+        total = np.float32(0.0)
+        for t in range(n_ctx):
+            e = np.exp(scores[t] - best)
+            scores[t] = e
+            total += e
+        acc = np.zeros(head_dim, np.float32)
+        for t in range(n_ctx):
+            p = scores[t]
+            for d in range(head_dim):
+                acc[d] += p * v_cache[slot, t, g, d]
+        inv = np.float32(1.0) / total
+        for d in range(head_dim):
+            out[i, h, d] = acc[d] * inv

@@ -1,0 +1,112 @@
+"""Token sampling: temperature softmax, top-k / top-p (nucleus) / min-p filtering, and the draw.
+
+Owns: `softmax_temperature`, `filter_candidates`, `draw`, `sample_rows`, `argmax_rows`.
+Imports: numpy, kernels._jit. Used by: engine.sampling.
+
+The order is fixed (DESIGN.md): temperature -> top-k -> top-p -> min-p -> draw. Top-p is taken on
+the distribution renormalised after top-k; min-p compares with the most likely token. The draw
+gets its uniform number from the caller, so the same number gives the same token whatever else
+is in the batch.
+"""
+
+import numpy as np
+
+from kernels._jit import jit
+
+
+@jit(fastmath=True)
+def softmax_temperature(logits, temperature, probs):
+    """probs = softmax(logits / temperature) for one row; logits (V,) f32, probs (V,) f32 written."""
+    best = logits.max()
+    inv_t = np.float32(1.0 / temperature)
+    total = 0.0
+    for v in range(logits.shape[0]):
+        e = np.exp((logits[v] - best) * inv_t)
+        probs[v] = e
+        total += e
+    scale = np.float32(1.0 / total)
+    for v in range(probs.shape[0]):
+        probs[v] *= scale
+
+
+@jit()
+def filter_candidates(probs, top_k, top_p, min_p):
+    """The kept tokens of one row, most likely first: (ids int64, n_keep).
+
+    ids[:n_keep] are the survivors of top-k (k <= 0: off), top-p (p >= 1: off; the smallest
+    prefix whose mass, renormalised over the top-k set, reaches p) and min-p (0: off; prob >=
+    min_p * max prob). With no filter at all the ids are every token in index order (no sort).
+    """
+    n_vocab = probs.shape[0]
+    if top_k <= 0 and top_p >= 1.0 and min_p <= 0.0:
+        return np.arange(n_vocab), n_vocab
+    # Tokens below `floor` can never survive: if p < 1 the tokens under (1 - p) / V hold less
+    # than 1 - p of the mass together, so the nucleus is reached before them. Sorting only the
+    # rest turns a 49k-element sort into one of a few hundred.
+    floor = 0.0
+    if top_p < 1.0:
+        floor = (1.0 - top_p) / n_vocab
+    if min_p > 0.0:
+        floor = max(floor, min_p * probs.max())
+    cand = np.nonzero(probs >= floor)[0]
+    order = np.argsort(-probs[cand], kind="mergesort")  # stable: ties keep index order
+    ids = cand[order]
+    n_keep = ids.shape[0]
+    if top_k > 0 and top_k < n_keep:
+        n_keep = top_k
+    if top_p < 1.0:
+        mass = 0.0
+        for j in range(n_keep):
+            mass += probs[ids[j]]
+        cum = 0.0
+        for j in range(n_keep):
+            cum += probs[ids[j]]
+            if cum >= top_p * mass:
+                n_keep = j + 1
+                break
+    if min_p > 0.0:
+        limit = min_p * probs[ids[0]]
+        j = 1
+        while j < n_keep and probs[ids[j]] >= limit:
+            j += 1
+        n_keep = j
+    return ids, n_keep
+
+
+@jit()
+def draw(probs, ids, n_keep, u):
+    """Inverse-CDF draw among ids[:n_keep] renormalised, with u uniform in [0, 1)."""
+    mass = 0.0
+    for j in range(n_keep):
+        mass += probs[ids[j]]
+    target = u * mass
+    cum = 0.0
+    for j in range(n_keep):
+        cum += probs[ids[j]]
+        if cum > target:
+            return ids[j]
+    return ids[n_keep - 1]
+
+
+@jit()
+def argmax_rows(logits, out):
+    """out[b] = argmax(logits[b]) (first index on ties); logits (B, V) f32, out (B,) int64."""
+    for b in range(logits.shape[0]):
+        out[b] = np.argmax(logits[b])
+
+
+@jit()
+def sample_rows(logits, temperature, top_k, top_p, min_p, coins, out):
+    """Sample one token per row of logits (B, V) f32 into out (B,) int64.
+
+    Per-row (B,) parameters: temperature f32 (0 -> argmax), top_k int64, top_p f32, min_p f32,
+    coins f64 uniform numbers in [0, 1). Rows are independent of each other.
+    """
+    probs = np.empty(logits.shape[1], np.float32)
+    for b in range(logits.shape[0]):
+        if temperature[b] <= 0.0:
+            out[b] = np.argmax(logits[b])
+            continue
+        softmax_temperature(logits[b], temperature[b], probs)
+        ids, n_keep = filter_candidates(probs, top_k[b], top_p[b], min_p[b])
+        out[b] = draw(probs, ids, n_keep, coins[b])
