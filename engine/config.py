@@ -116,13 +116,18 @@ class ModelConfig:
             n_kv_heads=int(get("attention.head_count_kv", n_heads)),
             head_dim=head_dim,
             hidden_dim=int(get("feed_forward_length")),
-            norm_eps=float(get("attention.layer_norm_rms_epsilon")),
-            rope_theta=float(get("rope.freq_base", 10000.0)),
+            norm_eps=_f32(get("attention.layer_norm_rms_epsilon")),
+            rope_theta=_f32(get("rope.freq_base", 10000.0)),
             max_seq_len=int(get("context_length")),
             tie_embeddings="output.weight" not in tensor_names,
             qkv_bias="blk.0.attn_q.bias" in tensor_names,
             rope_freq_factors=factors,
         )
+
+
+def _f32(x: float) -> float:
+    """A GGUF float32 as the decimal it was written from (1e-5, not 9.999999747378752e-06)."""
+    return float(str(np.float32(x)))
 
 
 _HF_ARCHS = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"}

@@ -5,7 +5,7 @@ Owns: `Engine`. Imports: engine.*. Used by: server (from its engine thread), the
 
 from __future__ import annotations
 
-from engine.config import EngineConfig
+from engine.config import EngineConfig, ModelConfig
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.request import Request, RequestOutput
@@ -13,7 +13,6 @@ from engine.runner import ModelRunner
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
 from engine.weights import Weights
-from engine.config import ModelConfig
 
 
 class Engine:
@@ -49,6 +48,19 @@ class Engine:
         plan = self.scheduler.schedule()
         sampled = self.runner.execute(plan)
         return self.scheduler.update(plan, sampled)
+
+    def warmup(self) -> None:
+        """Compile every kernel once (numba caches them on disk for the next start): a prompt,
+        a greedy decode and a nucleus-sampled decode with penalties."""
+        assert not self.has_unfinished, "warm up before serving requests"
+        greedy = SamplingParams(temperature=0.0, max_tokens=2)
+        sampled = SamplingParams(temperature=0.8, top_p=0.9, top_k=40, min_p=0.01, max_tokens=2,
+                                 presence_penalty=0.1, repetition_penalty=1.1, seed=0,
+                                 logit_bias=((0, 1.0),))
+        self.add_request("warmup-0", [0, 1, 2], greedy)
+        self.add_request("warmup-1", [0, 1], sampled)
+        while self.has_unfinished:
+            self.step()
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "gen"):
         """Run one request alone to the end, yielding each new token id (for the CLI and tests)."""

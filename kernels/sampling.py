@@ -49,15 +49,21 @@ def filter_candidates(probs, top_k, top_p, min_p):
     if min_p > 0.0:
         floor = max(floor, min_p * probs.max())
     cand = np.nonzero(probs >= floor)[0]
+    if top_k > cand.shape[0]:  # the top-k set reaches below the floor: sort everything
+        cand = np.arange(n_vocab)
     order = np.argsort(-probs[cand], kind="mergesort")  # stable: ties keep index order
     ids = cand[order]
     n_keep = ids.shape[0]
     if top_k > 0 and top_k < n_keep:
         n_keep = top_k
     if top_p < 1.0:
-        mass = 0.0
-        for j in range(n_keep):
-            mass += probs[ids[j]]
+        mass = 0.0  # of the top-k set, or of the whole distribution when top-k is off
+        if top_k > 0:
+            for j in range(n_keep):
+                mass += probs[ids[j]]
+        else:
+            for v in range(n_vocab):
+                mass += probs[v]
         cum = 0.0
         for j in range(n_keep):
             cum += probs[ids[j]]

@@ -1,0 +1,122 @@
+"""The `ember` command: argv and the environment are read here and nowhere else.
+
+Owns: `main`, the argument parser, logging setup. Imports: server.*, engine, tokenizer.
+
+    ember pull                       fetch the default model (SmolLM2-135M-Instruct, Q4_1 GGUF)
+    ember generate TEXT [--chat]     complete one prompt, streaming to stdout
+    ember chat                       interactive multi-turn chat in the terminal
+    ember convert MODEL.gguf OUTDIR  write a GGUF model as a Hugging Face directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from engine import Engine, EngineConfig, ModelError, SamplingParams, load_model
+from server.models import PullError, ember_home, pull, resolve_model
+from tokenizer import ChatTemplate, TemplateError, Tokenizer, TokenizerError
+
+logger = logging.getLogger("ember")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.command in ("serve", "pull") else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    home = ember_home(os.environ)
+    try:
+        return args.run(args, home) or 0
+    except (PullError, ModelError, TokenizerError, TemplateError) as e:
+        print(f"ember: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ember", description="CPU inference server for Llama-family "
+                                "chat models (Azure AI Model Inference API)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("pull", help="fetch the default model into $EMBER_HOME (~/.cache/ember)")
+    s.set_defaults(run=_cmd_pull)
+
+    s = sub.add_parser("generate", help="complete one prompt, streaming the text to stdout")
+    s.add_argument("text")
+    s.add_argument("--chat", action="store_true", help="wrap the text as a user chat message")
+    _sampling_args(s)
+    s.set_defaults(run=_cmd_generate)
+
+    s = sub.add_parser("chat", help="interactive chat in the terminal (/exit or Ctrl-D leaves)")
+    s.add_argument("--system", help="system prompt")
+    _sampling_args(s)
+    s.set_defaults(run=_cmd_chat)
+
+    s = sub.add_parser("convert", help="write a GGUF model as a Hugging Face directory")
+    s.add_argument("gguf", type=Path)
+    s.add_argument("outdir", type=Path)
+    s.set_defaults(run=_cmd_convert)
+    return p
+
+
+def _sampling_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--model", help="a .gguf file or Hugging Face directory (default: SmolLM2-135M)")
+    s.add_argument("--max-tokens", type=int, default=256)
+    s.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--context", type=int, default=4096, help="context length to allocate")
+
+
+def _cmd_pull(args, home: Path) -> None:
+    print(pull(home))
+
+
+def _cmd_generate(args, home: Path) -> None:
+    from server.cli import generate
+
+    generate(_session(args, home), args.text, args.chat, _params(args))
+
+
+def _cmd_chat(args, home: Path) -> None:
+    from server.cli import chat
+
+    chat(_session(args, home), _params(args), system=args.system)
+
+
+def _cmd_convert(args, home: Path) -> None:
+    from server.convert import convert_gguf
+
+    convert_gguf(args.gguf, args.outdir)
+    print(args.outdir)
+
+
+def _params(args) -> SamplingParams:
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.max_tokens < 1:
+        raise SystemExit("ember: error: need --temperature >= 0, 0 < --top-p <= 1, --max-tokens >= 1")
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                          max_tokens=args.max_tokens)
+
+
+def _session(args, home: Path):
+    from server.cli import Session
+
+    path = resolve_model(args.model, home)
+    cfg, weights = load_model(path)
+    tok = Tokenizer.from_path(path)
+    engine = Engine(cfg, weights, EngineConfig(max_seqs=1, max_seq_len=args.context))
+    start = time.perf_counter()
+    print("compiling kernels (cached after the first start)...", end="", file=sys.stderr, flush=True)
+    engine.warmup()
+    print(f" {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return Session(engine, tok, ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

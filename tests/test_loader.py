@@ -1,0 +1,169 @@
+"""Loading: Hugging Face directories (safetensors f32/f16/bf16) and GGUF files (F32, F16, Q8_0,
+Q4_0, Q4_1) give the same `Weights`, and bad files give clear errors."""
+
+import json
+
+import gguf
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from engine import ModelConfig, ModelError, load_model
+from engine.loader import GLOBAL_NAMES, LAYER_NAMES, read_safetensors
+from tests.conftest import tiny_config, tiny_weights
+
+
+def _named(cfg, w, column):
+    """Weights under their Hugging Face (column 0) or GGUF (column 1) names."""
+    out = {}
+    for ours, names in GLOBAL_NAMES.items():
+        if not (ours == "output" and cfg.tie_embeddings):
+            out[names[column]] = getattr(w, ours)
+    for i, layer in enumerate(w.layers):
+        for ours, names in LAYER_NAMES.items():
+            if getattr(layer, ours) is not None:
+                out[names[column].format(i=i)] = getattr(layer, ours)
+    return out
+
+
+def _hf_config(cfg, **extra):
+    return {"architectures": ["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"],
+            "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.hidden_dim,
+            "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_heads, "rms_norm_eps": cfg.norm_eps,
+            "rope_theta": cfg.rope_theta, "max_position_embeddings": cfg.max_seq_len,
+            "tie_word_embeddings": cfg.tie_embeddings, **extra}
+
+
+def _assert_same(a, b, rtol=0.0, atol=0.0):
+    for name in ("tok_embeddings", "norm", "output"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=atol)
+    for la, lb in zip(a.layers, b.layers):
+        for name in LAYER_NAMES:
+            x, y = getattr(la, name), getattr(lb, name)
+            assert (x is None) == (y is None), name
+            if x is not None:
+                np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+@pytest.mark.parametrize("overrides", [{}, {"qkv_bias": True, "tie_embeddings": False}])
+def test_hf_directory_round_trip(tmp_path, dtype, overrides):
+    cfg = tiny_config(**overrides)
+    w = tiny_weights(cfg)
+    tensors = _named(cfg, w, 0)
+    if dtype == "F16":
+        tensors = {k: v.astype(np.float16) for k, v in tensors.items()}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    if dtype == "BF16":  # numpy has no bfloat16: rewrite the header and keep the top 16 bits
+        _rewrite_as_bf16(tmp_path / "model.safetensors", tensors)
+    (tmp_path / "config.json").write_text(json.dumps(_hf_config(cfg)))
+    cfg2, w2 = load_model(tmp_path)
+    assert cfg2 == cfg
+    tol = {"F32": 0, "F16": 2e-3, "BF16": 1e-2}[dtype]
+    _assert_same(w2, w, rtol=tol, atol=tol)
+
+
+def _rewrite_as_bf16(path, tensors):
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors.items():
+        raw = (np.ascontiguousarray(arr, np.float32).view(np.uint32) >> 16).astype(np.uint16).tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    h = json.dumps(header).encode()
+    path.write_bytes(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+    assert read_safetensors(path)["model.norm.weight"].dtype == np.float32
+
+
+def _permute(w, n_heads):
+    """llama.cpp's convert_hf_to_gguf permutation of q/k rows (rotate-half -> interleaved)."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _write_gguf(path, cfg, w, qtype):
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(cfg.n_layers)
+    writer.add_context_length(cfg.max_seq_len)
+    writer.add_embedding_length(cfg.dim)
+    writer.add_feed_forward_length(cfg.hidden_dim)
+    writer.add_head_count(cfg.n_heads)
+    writer.add_head_count_kv(cfg.n_kv_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    writer.add_vocab_size(cfg.vocab_size)
+    expected = {}
+    for name, arr in _named(cfg, w, 1).items():
+        if ".attn_q." in name:
+            arr = _permute(arr, cfg.n_heads)
+        elif ".attn_k." in name:
+            arr = _permute(arr, cfg.n_kv_heads)
+        if arr.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
+            data = gguf.quants.quantize(arr, qtype)
+            writer.add_tensor(name, data, raw_dtype=qtype)
+        else:
+            writer.add_tensor(name, arr)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return expected
+
+
+@pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0", "Q4_0", "Q4_1"])
+def test_gguf_loads_the_same_weights(tmp_path, qtype):
+    cfg = tiny_config(vocab_size=64, dim=32, hidden_dim=64, head_dim=8)
+    w = tiny_weights(cfg)
+    t = gguf.GGMLQuantizationType[qtype]
+    _write_gguf(tmp_path / "m.gguf", cfg, w, t)
+    cfg2, w2 = load_model(tmp_path / "m.gguf")
+    assert cfg2 == cfg
+    if qtype == "F32":
+        _assert_same(w2, w)  # exact: the q/k permutation is undone
+    else:  # each matrix equals what the format can represent of it
+        def roundtrip(a):
+            return gguf.quants.dequantize(gguf.quants.quantize(a, t), t) if a.ndim == 2 else a
+        assert np.array_equal(w2.layers[1].wq, roundtrip(w.layers[1].wq))
+        assert np.array_equal(w2.layers[0].w2, roundtrip(w.layers[0].w2))
+        _assert_same(w2, w, atol={"F16": 2e-3, "Q8_0": 0.03}.get(qtype, 0.4))  # 4 bits: ~max|w|/8
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(ModelError, match="not a .gguf file or a Hugging Face"):
+        load_model(tmp_path / "missing.bin")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all")
+    with pytest.raises(ModelError, match="not a readable GGUF"):
+        load_model(tmp_path / "junk.gguf")
+    d = tmp_path / "hf"
+    d.mkdir()
+    with pytest.raises(ModelError, match="no config.json"):
+        load_model(d)
+    (d / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(ModelError, match="GPT2LMHeadModel.*not supported"):
+        load_model(d)
+    cfg = tiny_config()
+    (d / "config.json").write_text(json.dumps(_hf_config(cfg)))
+    with pytest.raises(ModelError, match="no \\*.safetensors"):
+        load_model(d)
+    tensors = _named(cfg, tiny_weights(cfg), 0)
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(d / "model.safetensors"))
+    with pytest.raises(ModelError, match="up_proj.weight' is missing"):
+        load_model(d)
+
+
+def test_llama3_rope_scaling_and_config_checks():
+    base = _hf_config(tiny_config(head_dim=8))
+    cfg = ModelConfig.from_hf({**base, "rope_scaling": {
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}})
+    f = np.asarray(cfg.rope_freq_factors)
+    assert f[0] == 1.0 and f[-1] == 8.0 and np.all(np.diff(f) >= 0)  # high freqs kept, low scaled
+    inv = cfg.inv_freq()
+    plain = ModelConfig.from_hf(base).inv_freq()
+    np.testing.assert_allclose(inv, plain / f)
+    with pytest.raises(ModelError, match="rope_scaling type 'yarn'"):
+        ModelConfig.from_hf({**base, "rope_scaling": {"type": "yarn", "factor": 2.0}})
+    with pytest.raises(ModelError, match="missing field 'hidden_size'"):
+        ModelConfig.from_hf({k: v for k, v in base.items() if k != "hidden_size"})
