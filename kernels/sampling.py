@@ -40,17 +40,19 @@ def filter_candidates(probs, top_k, top_p, min_p):
     n_vocab = probs.shape[0]
     if top_k <= 0 and top_p >= 1.0 and min_p <= 0.0:
         return np.arange(n_vocab), n_vocab
-    # Tokens below `floor` can never survive: if p < 1 the tokens under (1 - p) / V hold less
-    # than 1 - p of the mass together, so the nucleus is reached before them. Sorting only the
-    # rest turns a 49k-element sort into one of a few hundred.
-    floor = 0.0
-    if top_p < 1.0:
-        floor = (1.0 - top_p) / n_vocab
-    if min_p > 0.0:
-        floor = max(floor, min_p * probs.max())
+    if top_k > 0 and top_k < n_vocab:
+        # Only the top-k set can survive: find its smallest member with a partial sort.
+        floor = np.partition(probs, n_vocab - top_k)[n_vocab - top_k]
+    else:
+        # With top-p alone, tokens below (1 - p) / V hold less than 1 - p of the mass together,
+        # so the nucleus is complete before them. Sorting only the rest turns a 49k-element
+        # sort into one of a few hundred.
+        floor = 0.0
+        if top_p < 1.0:
+            floor = (1.0 - top_p) / n_vocab
+        if min_p > 0.0:
+            floor = max(floor, min_p * probs.max())
     cand = np.nonzero(probs >= floor)[0]
-    if top_k > cand.shape[0]:  # the top-k set reaches below the floor: sort everything
-        cand = np.arange(n_vocab)
     order = np.argsort(-probs[cand], kind="mergesort")  # stable: ties keep index order
     ids = cand[order]
     n_keep = ids.shape[0]

@@ -48,15 +48,16 @@ class Session:
 
 
 def generate(session: Session, text: str, chat: bool, params: SamplingParams,
-             out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> str:
+             out: TextIO | None = None, err: TextIO | None = None) -> str:
     if chat:
         text = session.template.render([{"role": "user", "content": text}])
-    return session.run(session.tokenizer.encode(text), params, out, err)
+    return session.run(session.tokenizer.encode(text), params, out or sys.stdout, err or sys.stderr)
 
 
 def chat(session: Session, params: SamplingParams, system: str | None = None,
-         inp: TextIO = sys.stdin, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+         inp: TextIO | None = None, out: TextIO | None = None, err: TextIO | None = None) -> None:
     """Read a line, answer it, keep the whole conversation; Ctrl-D or /exit leaves."""
+    inp, out, err = inp or sys.stdin, out or sys.stdout, err or sys.stderr
     history = [{"role": "system", "content": system}] if system else []
     err.write("Chat with the model. /exit or Ctrl-D to leave, /reset to start over.\n")
     while True:

@@ -1,0 +1,84 @@
+"""Time of each kernel at the default model's shapes, with achieved GB/s or GFLOP/s.
+
+    python bench/bench_kernels.py
+
+Byte and FLOP counts are stated next to each figure; medians of repeated calls.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kernels import apply_penalties, apply_rope, attention, sample_rows, silu_mul  # noqa: E402
+
+H, HKV, D, V, F = 9, 3, 64, 49152, 1536  # SmolLM2-135M
+
+
+def timed(fn, repeat=50) -> float:
+    fn()  # compile / warm
+    xs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        xs.append(time.perf_counter() - start)
+    return statistics.median(xs)
+
+
+def bench_attention(n_tokens: int, n_ctx: int) -> None:
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((1, 1024, HKV, D)).astype(np.float32)
+    v = k.copy()
+    q = rng.standard_normal((n_tokens, H, D)).astype(np.float32)
+    out = np.empty_like(q)
+    pos = np.arange(n_ctx - n_tokens, n_ctx, dtype=np.int64)
+    slots = np.zeros(n_tokens, np.int64)
+    t = timed(lambda: attention(q, k, v, slots, pos, np.float32(0.125), out), 20)
+    ctx = (pos + 1).sum()
+    flops = 4 * H * D * ctx  # q.k and p.v, multiply-add = 2 flops each
+    print(f"attention N={n_tokens:4d} ctx={n_ctx:4d}: {t * 1e3:8.3f} ms  {flops / t / 1e9:6.1f} GFLOP/s")
+
+
+def main() -> None:
+    bench_attention(1, 128)
+    bench_attention(1, 1024)
+    bench_attention(512, 512)
+
+    x = np.random.default_rng(1).standard_normal((512, H, D)).astype(np.float32)
+    cos = np.ones((1024, D // 2), np.float32)
+    sin = np.zeros((1024, D // 2), np.float32)
+    pos = np.arange(512, dtype=np.int64)
+    t = timed(lambda: apply_rope(x, pos, cos, sin))
+    print(f"rope N=512 H={H}: {t * 1e3:8.3f} ms  {2 * x.nbytes / t / 1e9:6.1f} GB/s (read+write)")
+
+    g = np.random.default_rng(2).standard_normal((512, F)).astype(np.float32)
+    u = g.copy()
+    out = np.empty_like(g)
+    t = timed(lambda: silu_mul(g, u, out))
+    print(f"silu_mul N=512 F={F}: {t * 1e3:8.3f} ms  {3 * g.nbytes / t / 1e9:6.1f} GB/s")
+
+    logits = np.random.default_rng(3).standard_normal((8, V)).astype(np.float32) * 3
+    ids = np.empty(8, np.int64)
+    for top_p, top_k in [(1.0, 0), (0.9, 0), (1.0, 40)]:
+        t = timed(lambda: sample_rows(logits, np.full(8, 0.7, np.float32), np.full(8, top_k),
+                                      np.full(8, top_p, np.float32), np.zeros(8, np.float32),
+                                      np.full(8, 0.5), ids), 20)
+        print(f"sample_rows B=8 V={V} top_p={top_p} top_k={top_k}: {t * 1e3:8.3f} ms "
+              f"({t / 8 * 1e3:.3f} ms/row)  {logits.nbytes / t / 1e9:6.2f} GB/s")
+
+    row_ptr = np.array([0, 500], np.int64)
+    tok = np.arange(500, dtype=np.int64) * 7
+    cnt = np.ones(500, np.int64)
+    one = np.ones(1, np.float32)
+    t = timed(lambda: apply_penalties(logits[:1], row_ptr, tok, cnt, one * 0.1, one * 0.1, one * 1.1))
+    print(f"apply_penalties 500 seen tokens: {t * 1e6:8.1f} us")
+
+
+if __name__ == "__main__":
+    main()
