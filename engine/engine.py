@@ -25,8 +25,9 @@ class Engine:
         self.scheduler = Scheduler(config, self.cache)
         self.runner = ModelRunner(self.model, self.cache)
 
-    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request. The prompt must leave room for at least one generated token."""
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
+                    n: int = 1) -> None:
+        """Queue a request for n choices. The prompt must leave room for a generated token."""
         if not prompt_ids:
             raise ValueError("empty prompt")
         if len(prompt_ids) >= self.max_seq_len:
@@ -34,10 +35,16 @@ class Engine:
                              f"{self.max_seq_len}")
         if not all(0 <= t < self.model_config.vocab_size for t in prompt_ids):
             raise ValueError("prompt holds a token id outside the vocabulary")
-        self.scheduler.add(Request(request_id, list(prompt_ids), params))
+        if not 1 <= n <= self.config.max_seqs:
+            raise ValueError(f"n={n} choices do not fit {self.config.max_seqs} sequences")
+        parent = Request(request_id, list(prompt_ids), params)
+        parent.forks = [Request(request_id, parent.prompt_ids, params, index=i, forked_from=parent)
+                        for i in range(1, n)]
+        self.scheduler.add(parent)
 
     def abort(self, request_id: str) -> bool:
-        return self.scheduler.abort(request_id) is not None
+        """Stop every choice of a request; its cache slots are free for the next step."""
+        return bool(self.scheduler.abort(request_id))
 
     @property
     def has_unfinished(self) -> bool:

@@ -30,6 +30,11 @@ class KVCache:
         assert self._free, "no free KV-cache slot"
         return self._free.pop()
 
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Give slot dst the first n positions of slot src (a fork shares its parent's prompt)."""
+        self.k[:, dst, :n] = self.k[:, src, :n]
+        self.v[:, dst, :n] = self.v[:, src, :n]
+
     def free(self, slot: int) -> None:
         assert slot not in self._free, f"slot {slot} freed twice"
         self._free.append(slot)

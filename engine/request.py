@@ -1,6 +1,7 @@
 """A generation request's state as the engine sees it: token ids, progress, and how it ended.
 
-Owns: `Request`, `RequestOutput`. Imports: numpy, engine.sampling (types). Used by: engine.*.
+Owns: `Request`, `RequestOutput`, `TokenLogprob`. Imports: numpy, engine.sampling (types).
+Used by: engine.*.
 """
 
 from __future__ import annotations
@@ -13,25 +14,38 @@ import numpy as np
 from engine.sampling import SamplingParams
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
-    """`n_tokens` = prompt + generated ids; `n_computed` = how many of them are in the KV cache."""
+    """One sequence. `n_tokens` = prompt + generated ids; `n_computed` = how many are in the cache.
+
+    A request for n choices is n `Request`s with the same id and indexes 0..n-1: index 0 computes
+    the prompt, the others wait as its `forks` and copy its cache when the prompt is done.
+    """
 
     id: str
     prompt_ids: list[int]
     params: SamplingParams
+    index: int = 0
     output_ids: list[int] = field(default_factory=list)
     n_computed: int = 0
     slot: int | None = None
     finish_reason: str | None = None  # "stop" | "length" | "abort"
+    forks: list[Request] = field(default_factory=list)
+    forked_from: Request | None = None
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rng = np.random.default_rng(self.params.seed)
+        seed = self.params.seed
+        # Choice i of a seeded request gets its own stream, the same on every run.
+        self.rng = np.random.default_rng(None if seed is None else (seed, self.index))
 
     @property
     def n_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def awaiting_fork(self) -> bool:
+        return self.forked_from is not None and self.n_computed == 0
 
     def token(self, position: int) -> int:
         n = len(self.prompt_ids)
@@ -45,13 +59,25 @@ class Request:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """Log-probability of a generated token under the model, and the `top` most likely tokens."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class RequestOutput:
-    """What one step produced for one request: its new token (if any) and whether it ended."""
+    """What one step produced for one choice of a request: its new token and whether it ended."""
 
     request_id: str
     new_ids: list[int]
     finish_reason: str | None = None
     n_prompt: int = 0
+    index: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    n_cached: int = 0
 
     @property
     def finished(self) -> bool:

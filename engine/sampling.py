@@ -18,7 +18,7 @@ import numpy as np
 from kernels import apply_logit_bias, apply_penalties, sample_rows
 
 if TYPE_CHECKING:
-    from engine.request import Request
+    from engine.request import Request, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class SamplingParams:
     min_tokens: int = 0
     stop_token_ids: frozenset[int] = frozenset()
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: no logprobs; k: the sampled token's and the top k
 
     def __post_init__(self) -> None:
         assert self.temperature >= 0 and 0 < self.top_p <= 1 and self.top_k >= 0
@@ -94,3 +95,14 @@ def _penalize(logits: np.ndarray, requests: list[Request]) -> None:
                     np.array([x.presence_penalty for x in p], np.float32),
                     np.array([x.frequency_penalty for x in p], np.float32),
                     np.array([x.repetition_penalty for x in p], np.float32))
+
+
+def token_logprob(logits: np.ndarray, token: int, n_top: int) -> TokenLogprob:
+    """Log-probability of token under the model's own distribution (the logits before any
+    sampling adjustment), with the n_top most likely tokens; logits (V,) f32."""
+    from engine.request import TokenLogprob
+
+    z = logits.astype(np.float64)
+    logp = z - (z.max() + np.log(np.exp(z - z.max()).sum()))  # (V,) log-softmax
+    top = np.argsort(-logp, kind="stable")[:n_top] if n_top else []
+    return TokenLogprob(token, float(logp[token]), tuple((int(t), float(logp[t])) for t in top))

@@ -120,3 +120,43 @@ def test_context_limit_ends_with_length_and_bad_prompts_are_refused():
         engine.add_request("long", [1] * 128, SamplingParams())
     with pytest.raises(ValueError):
         engine.add_request("oov", [1, 64], SamplingParams())
+
+
+def test_n_choices_share_one_prefill():
+    engine = _engine(max_seqs=4)
+    prompt = list(range(1, 11))
+    params = SamplingParams(temperature=1.0, seed=5, max_tokens=5)
+    engine.add_request("n", prompt, params, n=3)
+    plan = engine.scheduler.schedule()
+    assert [(s.request.index, s.n_new) for s in plan] == [(0, 10)]  # the prompt is computed once
+    samples = engine.runner.execute(plan)
+    outs = engine.scheduler.update(plan, samples)
+    assert sorted(o.index for o in outs) == [0, 1, 2]
+    assert all(r.n_computed == 10 for r in engine.scheduler.running)
+    while engine.has_unfinished:
+        engine.step()
+    assert engine.cache.n_free == 4
+    # choice 0 is what the same seeded request gives alone; forks match a recomputed prompt
+    alone, _ = _run(_engine(), [("a", prompt, params)])
+    engine.add_request("m", prompt, params, n=3)
+    got = {0: [], 1: [], 2: []}
+    while engine.has_unfinished:
+        for o in engine.step():
+            got[o.index] += o.new_ids
+    assert got[0] == alone["a"]
+    assert got[1] != got[0] or got[2] != got[0]
+
+
+def test_logprobs_are_the_models_distribution():
+    engine = _engine()
+    engine.add_request("lp", [5, 6, 7], SamplingParams(temperature=0, max_tokens=2, logprobs=3))
+    outs = []
+    while engine.has_unfinished:
+        outs += engine.step()
+    model, cache = _setup(engine.model_config, engine.model.weights)
+    logits = forward(model, cache, StepBatch.pack([([5, 6, 7], 0, 0)]))[0].astype(np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+    first = outs[0].logprobs[0]
+    assert first.token_id == logp.argmax() and abs(first.logprob - logp.max()) < 1e-5
+    assert [t for t, _ in first.top] == list(np.argsort(-logp)[:3])
+    assert len(outs) == 2 and all(o.logprobs and len(o.logprobs[0].top) == 3 for o in outs)
