@@ -2,6 +2,7 @@
 
 Owns: `main`, the argument parser, logging setup. Imports: server.*, engine, tokenizer.
 
+    ember serve                      serve the Azure AI Model Inference API on 127.0.0.1:8000
     ember pull                       fetch the default model (SmolLM2-135M-Instruct, Q4_1 GGUF)
     ember generate TEXT [--chat]     complete one prompt, streaming to stdout
     ember chat                       interactive multi-turn chat in the terminal
@@ -44,6 +45,24 @@ def _parser() -> argparse.ArgumentParser:
                                 "chat models (Azure AI Model Inference API)")
     sub = p.add_subparsers(dest="command", required=True)
 
+    s = sub.add_parser("serve", help="serve the Azure AI Model Inference API (default model unless --model)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--model", action="append", default=[], metavar="[NAME=]PATH",
+                   help="a .gguf file or Hugging Face directory, optionally named (repeatable: "
+                        "one deployment each, chosen by azureml-model-deployment or the body's model)")
+    s.add_argument("--api-key", action="append", default=[],
+                   help="accept this key (repeatable; also EMBER_API_KEY)")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without an API key")
+    s.add_argument("--max-seqs", type=int, default=8, help="sequences decoded together")
+    s.add_argument("--context", type=int, default=4096, help="context length per sequence")
+    s.add_argument("--max-batch-tokens", type=int, default=512, help="token budget of one step")
+    s.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request body limit, bytes")
+    s.add_argument("--grace", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
+    s.set_defaults(run=_cmd_serve)
+
     s = sub.add_parser("pull", help="fetch the default model into $EMBER_HOME (~/.cache/ember)")
     s.set_defaults(run=_cmd_pull)
 
@@ -72,6 +91,35 @@ def _sampling_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--seed", type=int)
     s.add_argument("--context", type=int, default=4096, help="context length to allocate")
+
+
+def _cmd_serve(args, home: Path) -> int:
+    import anyio
+
+    from server.app import serve
+    from server.config import ServerConfig
+    from server.models import DEFAULT_MODEL
+
+    keys = tuple(args.api_key) + tuple(k for k in [os.environ.get("EMBER_API_KEY")] if k)
+    config = ServerConfig(host=args.host, port=args.port, api_keys=keys, insecure=args.insecure,
+                          max_seqs=args.max_seqs, context=args.context,
+                          max_batch_tokens=args.max_batch_tokens, max_body=args.max_body,
+                          grace=args.grace)
+    if not config.is_loopback and not keys and not config.insecure:
+        print(f"ember: error: refusing to listen on {args.host} without an API key; give "
+              "--api-key (or EMBER_API_KEY), or --insecure to serve it open", file=sys.stderr)
+        return 2
+    paths: dict[str, Path] = {}
+    for spec in args.model or [None]:
+        if spec is None:
+            paths[DEFAULT_MODEL.name] = pull(home)
+            continue
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = Path(spec).stem if Path(spec).suffix == ".gguf" else Path(spec).name, spec
+        paths[name] = resolve_model(path, home)
+    anyio.run(serve, config, paths)
+    return 0
 
 
 def _cmd_pull(args, home: Path) -> None:

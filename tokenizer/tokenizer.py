@@ -19,6 +19,22 @@ class TokenizerError(ValueError):
     """A tokenizer file that is missing, malformed or of a kind we do not support."""
 
 
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: printable stand-in character -> byte value."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_DECODER = _byte_decoder()
+
 # End-of-turn tokens of common chat templates: generating one ends the assistant's turn even when
 # the model's generation config does not list it.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
@@ -68,6 +84,13 @@ class Tokenizer:
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return self.hf.decode(ids, skip_special_tokens=skip_special)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes one token stands for (a byte-level piece may be part of a character)."""
+        piece = self.hf.id_to_token(token_id) or ""
+        if token_id in self.special_ids or not all(c in _BYTE_DECODER for c in piece):
+            return piece.encode("utf-8")
+        return bytes(_BYTE_DECODER[c] for c in piece)
 
 
 def _from_hf_dir(path: Path) -> Tokenizer:

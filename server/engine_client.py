@@ -1,0 +1,167 @@
+"""The bridge between the event loop and the engine thread.
+
+Owns: `EngineClient`, `EngineStats`. Imports: anyio, stdlib, engine. Used by: server.routes, server.app.
+
+One thread owns the `Engine` (DESIGN.md): handlers post add/abort commands to a thread-safe
+inbox; the thread drains it, runs one step, and hands the step's outputs back to the event loop
+with `anyio.from_thread.run_sync`, where each request's memory stream receives its own. When idle
+the thread blocks on the inbox. A fault inside a step fails only the requests of that step; the
+thread keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from engine import Engine, RequestOutput, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineFault(RuntimeError):
+    """The engine failed while computing this request."""
+
+
+@dataclass
+class EngineStats:
+    """What the engine thread last reported, read by /metrics (plain values, no locks needed)."""
+
+    waiting: int = 0
+    running: int = 0
+    kv_slots_used: int = 0
+    kv_slots_total: int = 0
+    steps: int = 0
+    last_step_seconds: float = 0.0
+
+
+class EngineClient:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.stats = EngineStats(kv_slots_total=engine.config.max_seqs)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, MemoryObjectSendStream] = {}
+        self._step_observers: list = []
+
+    def on_step(self, observer) -> None:
+        """Call observer(seconds, n_outputs) after each step, in the event loop (metrics)."""
+        self._step_observers.append(observer)
+
+    async def run(self) -> None:
+        """Run the engine thread until cancelled; the thread then finishes its step and stops."""
+        try:
+            await anyio.to_thread.run_sync(self._loop, abandon_on_cancel=True,
+                                           limiter=anyio.CapacityLimiter(1))
+        finally:
+            self._inbox.put(("stop",))
+
+    async def generate(self, request_id: str, prompts: list[list[int]], params: SamplingParams,
+                       n: int = 1) -> AsyncIterator[RequestOutput]:
+        """Outputs of every choice of every prompt, step by step; prompt i runs in the engine as
+        request `{request_id}#{i}`. Leaving early (the client went away, every choice met a stop
+        string) aborts what is left in the engine before its next step. Close it with
+        `contextlib.aclosing` so that happens at once."""
+        send, receive = anyio.create_memory_object_stream(math.inf)
+        ids = [f"{request_id}#{i}" for i in range(len(prompts))]
+        for rid, prompt in zip(ids, prompts):
+            self._streams[rid] = send
+            self._inbox.put(("add", rid, prompt, params, n))
+        left = {rid: n for rid in ids}
+        try:
+            async with receive:
+                async for item in receive:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                    if item.finished:
+                        left[item.request_id] -= 1
+                        if not any(left.values()):
+                            return
+        finally:
+            for rid in ids:
+                self._streams.pop(rid, None)
+                if left[rid]:
+                    self._inbox.put(("abort", rid))
+
+    # ------------------------------------------------------------ engine thread
+
+    def _loop(self) -> None:
+        engine = self.engine
+        while True:
+            if not self._drain(block=not engine.has_unfinished):
+                return
+            if not engine.has_unfinished:
+                continue
+            start = time.perf_counter()
+            try:
+                outputs = engine.step()
+            except Exception as e:  # noqa: BLE001 - a fault fails this step's requests only
+                logger.exception("engine step failed")
+                outputs = self._fail_all(e)
+            elapsed = time.perf_counter() - start
+            self._report(elapsed)
+            if not self._hand_over(outputs, elapsed):
+                return
+
+    def _hand_over(self, outputs: list, elapsed: float) -> bool:
+        try:
+            anyio.from_thread.run_sync(self._deliver, outputs, elapsed)
+            return True
+        except RuntimeError:  # the event loop is gone: the server is shutting down
+            return False
+
+    def _drain(self, block: bool) -> bool:
+        """Apply queued commands; False when told to stop."""
+        while True:
+            try:
+                cmd = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+            except queue.Empty:
+                if block:
+                    continue
+                return True
+            block = False
+            if cmd[0] == "stop":
+                return False
+            if cmd[0] == "add":
+                _, rid, prompt, params, n = cmd
+                try:
+                    self.engine.add_request(rid, prompt, params, n)
+                except ValueError as e:
+                    if not self._hand_over([(rid, EngineFault(str(e)))], 0.0):
+                        return False
+            elif cmd[0] == "abort":
+                self.engine.abort(cmd[1])
+            self._report(self.stats.last_step_seconds)
+
+    def _fail_all(self, error: Exception) -> list:
+        ids = {r.id for r in self.engine.scheduler.running} | {r.id for r in self.engine.scheduler.waiting}
+        for rid in ids:
+            self.engine.abort(rid)
+        return [(rid, EngineFault(f"engine fault: {type(error).__name__}")) for rid in ids]
+
+    def _report(self, step_seconds: float) -> None:
+        s = self.engine.scheduler
+        self.stats.waiting = s.n_waiting
+        self.stats.running = len(s.running)
+        self.stats.kv_slots_used = self.engine.config.max_seqs - self.engine.cache.n_free
+        self.stats.last_step_seconds = step_seconds
+
+    # ------------------------------------------------------------ event loop side
+
+    def _deliver(self, outputs: list, step_seconds: float) -> None:
+        if step_seconds:
+            self.stats.steps += 1
+            for observer in self._step_observers:
+                observer(step_seconds, len(outputs))
+        for out in outputs:
+            rid, item = (out.request_id, out) if isinstance(out, RequestOutput) else out
+            stream = self._streams.get(rid)
+            if stream is not None:
+                stream.send_nowait(item)

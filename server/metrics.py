@@ -1,0 +1,36 @@
+"""Prometheus metrics for /metrics, each app with its own registry.
+
+Owns: `Metrics`. Imports: prometheus_client. Used by: server.app, server.routes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("ember_requests", "HTTP requests answered", ["route", "status"],
+                                registry=r)
+        self.prompt_tokens = Counter("ember_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.generation_tokens = Counter("ember_generation_tokens", "Tokens generated", registry=r)
+        self.ttft = Histogram("ember_time_to_first_token_seconds", "Time to first token",
+                              buckets=_LATENCY, registry=r)
+        self.itl = Histogram("ember_inter_token_latency_seconds", "Time between streamed tokens",
+                             buckets=_LATENCY, registry=r)
+        self.duration = Histogram("ember_request_duration_seconds", "Request duration",
+                                  buckets=_LATENCY, registry=r)
+        self.step_time = Histogram("ember_engine_step_seconds", "Duration of one engine step",
+                                   buckets=_LATENCY, registry=r)
+        self.running = Gauge("ember_requests_running", "Sequences in the engine's running set",
+                             ["deployment"], registry=r)
+        self.waiting = Gauge("ember_requests_waiting", "Requests queued for the engine",
+                             ["deployment"], registry=r)
+        self.kv_usage = Gauge("ember_kv_cache_usage_ratio", "Fraction of KV-cache slots in use",
+                              ["deployment"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
