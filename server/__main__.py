@@ -94,9 +94,11 @@ def _sampling_args(s: argparse.ArgumentParser) -> None:
 
 
 def _cmd_serve(args, home: Path) -> int:
+    from functools import partial
+
     import anyio
 
-    from server.app import serve
+    from server.app import load_deployment, serve
     from server.config import ServerConfig
     from server.models import DEFAULT_MODEL
 
@@ -118,7 +120,8 @@ def _cmd_serve(args, home: Path) -> int:
         if not sep:
             name, path = Path(spec).stem if Path(spec).suffix == ".gguf" else Path(spec).name, spec
         paths[name] = resolve_model(path, home)
-    anyio.run(serve, config, paths)
+    anyio.run(serve, config, {name: partial(load_deployment, name, path, config)
+                              for name, path in paths.items()})
     return 0
 
 

@@ -85,6 +85,7 @@ class EngineClient:
                         if not any(left.values()):
                             return
         finally:
+            send.close()
             for rid in ids:
                 self._streams.pop(rid, None)
                 if left[rid]:

@@ -132,6 +132,10 @@ class HttpServer:
         if scope.cancelled_caught or isinstance(head, h11.ConnectionClosed):
             return None
         assert isinstance(head, h11.Request), head
+        # h11 enforces the limit only on a head still incomplete in its buffer; one that
+        # arrived whole in a single read is measured here.
+        if len(head.target) + sum(len(n) + len(v) + 4 for n, v in head.headers) > self.limits.max_header:
+            raise _ClientError(431, "request headers are over the limit")
         headers: dict[str, str] = {}
         for name, value in head.headers:
             key, val = name.decode("latin-1").lower(), value.decode("latin-1")

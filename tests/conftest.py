@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
+from functools import partial
+
+import anyio
+import anyio.from_thread
 import numpy as np
 import pytest
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
 
-from engine import ModelConfig, load_model
+from engine import Engine, EngineConfig, ModelConfig, load_model
 from engine.weights import LayerWeights, Weights
+from tokenizer import ChatTemplate, Tokenizer
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -59,3 +68,76 @@ def smol(default_model_path):
 
     cfg, weights = load_model(default_model_path)
     return cfg, weights, Tokenizer.from_path(default_model_path)
+
+
+def byte_tokenizer() -> Tokenizer:
+    """Every byte is one token (ids 0-255 in byte-level alphabet order), plus <|im_end|> (256)."""
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken("<|im_end|>", special=True, normalized=False)])
+    eos = hf.token_to_id("<|im_end|>")
+    return Tokenizer(hf, None, frozenset({eos}), False, None, frozenset({eos}))
+
+
+def tiny_deployment(name: str = "tiny", max_seqs: int = 4, context: int = 256, seed: int = 0):
+    """A served tiny model: random weights over the byte tokenizer's 257 tokens."""
+    from server.engine_client import EngineClient
+    from server.routes import Deployment
+
+    cfg = tiny_config(vocab_size=257, max_seq_len=context)
+    engine = Engine(cfg, tiny_weights(cfg, seed), EngineConfig(max_seqs=max_seqs, max_seq_len=context,
+                                                               max_batch_tokens=64))
+    tok = byte_tokenizer()
+    return Deployment(name, EngineClient(engine), tok, ChatTemplate(None), f"fp_tiny{seed}", context)
+
+
+@contextmanager
+def run_server(config, loaders, wait_ready: bool = True):
+    """Run `ember serve` in a background thread on a free loopback port; yields the port (once
+    /health answers 200 if wait_ready); stops it as SIGTERM would on exit."""
+    import http.client
+
+    from server.app import serve
+
+    with anyio.from_thread.start_blocking_portal() as portal:
+        stop = portal.call(anyio.Event)
+        future, port = portal.start_task(serve, config, loaders, None, stop)
+        try:
+            for _ in range(600 if wait_ready else 0):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                try:
+                    conn.request("GET", "/health")
+                    if conn.getresponse().status == 200:
+                        break
+                finally:
+                    conn.close()
+                threading.Event().wait(0.1)
+            yield port
+        finally:
+            portal.call(stop.set)
+            future.result(timeout=60)
+
+
+@pytest.fixture
+def tiny_server():
+    """A real loopback server with two tiny deployments and an API key."""
+    from server.config import ServerConfig
+
+    config = ServerConfig(host="127.0.0.1", port=0, api_keys=("secret",), max_body=4096,
+                          max_header=2048, read_timeout=2.0, idle_timeout=1.0, grace=5.0)
+    loaders = {"tiny": partial(tiny_deployment, "tiny"), "broken": broken_deployment}
+    with run_server(config, loaders) as port:
+        yield port
+
+
+def broken_deployment():
+    """A deployment whose engine fails at every step (for the 500 path)."""
+    dep = tiny_deployment("broken")
+
+    def step():
+        raise FloatingPointError("injected fault")
+
+    dep.client.engine.step = step
+    return dep

@@ -2,23 +2,9 @@
 sent; chat templates run sandboxed. Uses a tiny byte-level BPE tokenizer built in code."""
 
 import pytest
-from tokenizers import AddedToken, decoders, models, pre_tokenizers
-from tokenizers import Tokenizer as HFTokenizer
 
-from tokenizer import ChatTemplate, StopMatcher, TemplateError, TextStream, Tokenizer
-
-BYTES = pre_tokenizers.ByteLevel.alphabet()
-
-
-def byte_tokenizer() -> Tokenizer:
-    """Every byte is one token (ids 0-255 in byte-level alphabet order), plus <|im_end|>."""
-    vocab = {c: i for i, c in enumerate(sorted(BYTES))}
-    hf = HFTokenizer(models.BPE(vocab=vocab, merges=[]))
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    hf.decoder = decoders.ByteLevel()
-    hf.add_special_tokens([AddedToken("<|im_end|>", special=True, normalized=False)])
-    eos = hf.token_to_id("<|im_end|>")
-    return Tokenizer(hf, None, frozenset({eos}), False, None, frozenset({eos}))
+from tests.conftest import byte_tokenizer
+from tokenizer import ChatTemplate, StopMatcher, TemplateError, TextStream
 
 
 @pytest.mark.parametrize("text", ["héllo wörld", "日本語テキスト", "emoji 🙂👨‍👩‍👧 ok", "plain"])

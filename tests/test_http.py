@@ -1,0 +1,167 @@
+"""The transport over real loopback sockets: keep-alive, pipelining, chunked bodies, limits,
+timeouts, SSE flushing, disconnects, and every status of API.md's error table in raw HTTP."""
+
+import json
+import re
+import socket
+import threading
+import time
+from functools import partial
+
+import pytest
+
+from server.config import ServerConfig
+from tests.conftest import run_server, tiny_deployment
+
+KEY = "secret"
+CHAT = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).encode()
+
+
+def raw(port, data: bytes, timeout=10.0) -> bytes:
+    """Send bytes, read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+        return out
+
+
+def post(path, body=CHAT, extra=b"", close=True):
+    head = (f"POST {path} HTTP/1.1\r\nHost: x\r\napi-key: {KEY}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n").encode()
+    return head + extra + (b"connection: close\r\n" if close else b"") + b"\r\n" + body
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def body_of(response: bytes) -> dict:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+def test_keep_alive_and_pipelining_answer_in_order(tiny_server):
+    requests = (post("/v1/chat/completions", close=False) + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                + post("/nope"))
+    out = raw(tiny_server, requests)
+    statuses = [int(code) for code in re.findall(rb"HTTP/1.1 (\d{3}) ", out)]
+    assert statuses == [200, 200, 404]
+
+
+def test_chunked_request_body(tiny_server):
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(CHAT[i:i + 7]), CHAT[i:i + 7]) for i in range(0, len(CHAT), 7))
+    head = (f"POST /chat/completions HTTP/1.1\r\nHost: x\r\napi-key: {KEY}\r\n"
+            "transfer-encoding: chunked\r\nconnection: close\r\n\r\n").encode()
+    out = raw(tiny_server, head + chunks + b"0\r\n\r\n")
+    assert status_of(out) == 200 and body_of(out)["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize("make,status,code", [
+    (lambda: post("/chat/completions", b"{oops"), 400, "InvalidJson"),
+    (lambda: post("/chat/completions").replace(f"api-key: {KEY}".encode(), b"api-key: no"), 401,
+     "Unauthorized"),
+    (lambda: post("/nope"), 404, "NotFound"),
+    (lambda: post("/chat/completions", extra=b"azureml-model-deployment: ghost\r\n"), 404,
+     "DeploymentNotFound"),
+    (lambda: b"PUT /chat/completions HTTP/1.1\r\nHost: x\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+     405, "MethodNotAllowed"),
+    (lambda: post("/chat/completions", b"{" + b" " * 5000 + b"}"), 413, "PayloadTooLarge"),
+    (lambda: post("/chat/completions", extra=b"x-big: " + b"a" * 3000 + b"\r\n"), 431, "HeadersTooLarge"),
+    (lambda: post("/chat/completions", json.dumps({"messages": [], "max_tokens": 1}).encode()), 422,
+     "InvalidParameter"),
+    (lambda: post("/chat/completions", extra=b"azureml-model-deployment: broken\r\n"), 500,
+     "InternalServerError"),
+])
+def test_error_statuses_in_raw_http(tiny_server, make, status, code):
+    out = raw(tiny_server, make())
+    assert status_of(out) == status
+    head = out.split(b"\r\n\r\n", 1)[0].lower()
+    assert f"x-ms-error-code: {code}".lower().encode() in head
+    assert b"content-type: application/json" in head
+    error = body_of(out)["error"]
+    assert error["code"] == code and error["message"]
+    assert b"retry-after" not in head  # only 429 and 503 may carry it
+
+
+def test_503_while_loading():
+    gate = threading.Event()
+
+    def slow():
+        gate.wait(30)
+        return tiny_deployment()
+
+    config = ServerConfig(port=0, grace=2.0)
+    with run_server(config, {"tiny": slow}, wait_ready=False) as port:
+        out = raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n")
+        assert status_of(out) == 503 and b"retry-after: 1" in out.lower()
+        out = raw(port, post("/chat/completions").replace(f"api-key: {KEY}\r\n".encode(), b""))
+        assert status_of(out) == 503 and body_of(out)["error"]["code"] == "ServiceUnavailable"
+        gate.set()
+
+
+def test_sse_events_are_flushed_one_by_one(tiny_server):
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 40,
+                       "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", tiny_server), timeout=10) as s:
+        s.sendall(post("/chat/completions", body))
+        data, arrivals = b"", []
+        while chunk := s.recv(65536):
+            data += chunk
+            arrivals.append(time.perf_counter())
+    head, rest = data.split(b"\r\n\r\n", 1)
+    assert b"transfer-encoding: chunked" in head.lower() and b"text/event-stream" in head
+    assert rest.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
+    assert len(arrivals) > 5  # events arrive as they are made, not in one buffer at the end
+
+
+def test_read_timeout_and_idle_timeout_close(tiny_server):
+    start = time.perf_counter()
+    out = raw(tiny_server, b"POST /chat/completions HTTP/1.1\r\nHost: x\r\ncontent-length: 100\r\n\r\n{")
+    assert status_of(out) == 408 and time.perf_counter() - start < 5
+    with socket.create_connection(("127.0.0.1", tiny_server), timeout=10) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        start = time.perf_counter()
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        assert status_of(got) == 200 and 0.5 < time.perf_counter() - start < 5  # idle: 1 s
+
+
+def test_client_going_away_mid_stream_frees_its_slot():
+    deps = {}
+
+    def load():
+        deps["d"] = tiny_deployment(max_seqs=2, context=4096)
+        return deps["d"]
+
+    with run_server(ServerConfig(port=0, grace=2.0), {"tiny": load}) as port:
+        engine = deps["d"].client.engine
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3000,
+                           "stream": True}).encode()
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(post("/chat/completions", body).replace(f"api-key: {KEY}\r\n".encode(), b""))
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        assert engine.cache.n_free == 1
+        s.close()
+        for _ in range(200):
+            if engine.cache.n_free == 2 and not engine.has_unfinished:
+                break
+            time.sleep(0.02)
+        assert engine.cache.n_free == 2 and not engine.has_unfinished
+
+
+def test_health_answers_fast_during_a_long_generation():
+    with run_server(ServerConfig(port=0, grace=2.0),
+                    {"tiny": partial(tiny_deployment, context=4096)}) as port:
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2000}).encode()
+        t = threading.Thread(target=raw, args=(port, post("/chat/completions", body)))
+        t.start()
+        time.sleep(0.3)
+        worst = 0.0
+        for _ in range(10):
+            start = time.perf_counter()
+            assert status_of(raw(port, b"GET /health HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n")) == 200
+            worst = max(worst, time.perf_counter() - start)
+        t.join()
+        assert worst < 0.05, worst
