@@ -10,6 +10,7 @@ text per choice: UTF-8 safe (`TextStream`), stop strings held back (`StopMatcher
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -28,6 +29,8 @@ from server.protocol import (SSE_DONE, ApiError, ChatChoice, ChatCompletion, Cha
                              TextPart, TokenLogprobOut, TopLogprob, Usage, UserMessage,
                              decode_body, encode, sse)
 from tokenizer import ChatTemplate, StopMatcher, TemplateError, TextStream, Tokenizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -203,6 +206,8 @@ async def chat_completions(call: Call) -> HttpResponse:
     req = decode_body(call.request.body, ChatRequest, call.policy)
     dep = call.deployment(req.model)
     _check_chat_features(req)
+    if req.user_security_context:  # accepted and logged, not used (API.md)
+        logger.info("%s user_security_context=%s", call.request_id, encode(req.user_security_context).decode())
     try:
         prompt = dep.tokenizer.encode(dep.template.render(_template_messages(req)))
     except TemplateError as e:

@@ -141,8 +141,10 @@ def test_client_going_away_mid_stream_frees_its_slot():
                            "stream": True}).encode()
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(post("/chat/completions", body).replace(f"api-key: {KEY}\r\n".encode(), b""))
-        assert s.recv(65536).startswith(b"HTTP/1.1 200")
-        assert engine.cache.n_free == 1
+        got = s.recv(65536)
+        while got.count(b"data: ") < 3:  # the role delta, then tokens: it is in the engine
+            got += s.recv(65536)
+        assert got.startswith(b"HTTP/1.1 200") and engine.cache.n_free == 1
         s.close()
         for _ in range(200):
             if engine.cache.n_free == 2 and not engine.has_unfinished:
@@ -165,3 +167,14 @@ def test_health_answers_fast_during_a_long_generation():
             worst = max(worst, time.perf_counter() - start)
         t.join()
         assert worst < 0.05, worst
+
+
+def test_engine_error_after_headers_is_an_error_event(tiny_server):
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    out = raw(tiny_server, post("/chat/completions", body, b"azureml-model-deployment: broken\r\n"))
+    assert status_of(out) == 200
+    events = [line for line in out.split(b"\n") if line.startswith(b"data: ")]
+    assert events[0].startswith(b'data: {"id"')  # the role delta went out before the fault
+    error = json.loads(events[-2][6:])["error"]
+    assert error["code"] == "InternalServerError" and "chatcmpl-" in error["message"]
+    assert events[-1] == b"data: [DONE]"
