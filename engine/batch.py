@@ -1,6 +1,6 @@
 """`StepBatch`: the tokens of one engine step from several sequences, packed flat.
 
-Owns: `StepBatch`. Imports: numpy. Used by: engine.runner (builds it), engine.model (reads it).
+Owns: `StepBatch`. Imports: numpy, engine.weights. Used by: engine.runner (builds it), engine.model (reads it).
 
 A step may hold whole prompts, prompt chunks and single decode tokens side by side; the forward
 pass treats them alike, since every token carries its own cache slot and position.
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.weights import RowLayout
+
 
 @dataclass(frozen=True)
 class StepBatch:
@@ -19,12 +21,14 @@ class StepBatch:
     positions: np.ndarray  # (N,) int64, position of each token in its sequence
     slots: np.ndarray  # (N,) int64, KV-cache slot of each token's sequence
     logit_rows: np.ndarray  # (R,) int64, tokens whose logits the caller wants (often one per sequence)
+    layout: RowLayout  # decode rows first, then prompt rows in position-aligned tiles
 
     @classmethod
     def pack(cls, seqs: list[tuple[list[int], int, int]], logits_of: list[int] | None = None,
-             all_logits: bool = False) -> StepBatch:
+             all_logits: bool = False, n_decode: int = 0) -> StepBatch:
         """Pack (token_ids, start_position, slot) per sequence. logit_rows: the last token of each
-        sequence in logits_of (default: every sequence), or every token when all_logits."""
+        sequence in logits_of (default: every sequence), or every token when all_logits. The
+        first n_decode sequences are single generated tokens (decode rows)."""
         ids = np.concatenate([np.asarray(t, np.int64) for t, _, _ in seqs])
         pos = np.concatenate([np.arange(p, p + len(t), dtype=np.int64) for t, p, _ in seqs])
         slots = np.concatenate([np.full(len(t), s, np.int64) for t, _, s in seqs])
@@ -33,7 +37,8 @@ class StepBatch:
             rows = np.arange(len(ids))
         else:
             rows = ends if logits_of is None else ends[np.asarray(logits_of, np.int64)]
-        return cls(ids, pos, slots, rows.astype(np.int64))
+        assert all(len(t) == 1 for t, _, _ in seqs[:n_decode])
+        return cls(ids, pos, slots, rows.astype(np.int64), RowLayout.build(n_decode, pos))
 
     @property
     def n_tokens(self) -> int:

@@ -25,13 +25,16 @@ class ModelRunner:
         whose chunk reaches its last known token (a prompt chunk mid-way samples nothing)."""
         if not plan:
             return []
+        # Decode rows first: they take the batch-invariant decode path (engine.weights.linear).
+        plan = sorted(plan, key=lambda s: not s.decodes)
         seqs = []
         for s in plan:
             r = s.request
             seqs.append(([r.token(p) for p in range(r.n_computed, r.n_computed + s.n_new)],
                          r.n_computed, r.slot))
         sampling = [i for i, s in enumerate(plan) if s.samples]
-        logits = forward(self.model, self.cache, StepBatch.pack(seqs, logits_of=sampling))  # (R, V)
+        batch = StepBatch.pack(seqs, logits_of=sampling, n_decode=sum(s.decodes for s in plan))
+        logits = forward(self.model, self.cache, batch)  # (R, V)
         rows, requests = [], []
         for row, i in enumerate(sampling):
             for r in plan[i].sampling_requests:  # forks sample from their parent's row

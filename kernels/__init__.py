@@ -5,6 +5,7 @@ Imports nothing of ours outside kernels/. Used by: engine.
 
 from kernels.activations import silu_mul
 from kernels.attention import attention
+from kernels.matmul import matmul_rows
 from kernels.penalties import apply_logit_bias, apply_penalties
 from kernels.rope import apply_rope
 from kernels.sampling import argmax_rows, draw, filter_candidates, sample_rows, softmax_temperature
@@ -17,6 +18,7 @@ __all__ = [
     "attention",
     "draw",
     "filter_candidates",
+    "matmul_rows",
     "sample_rows",
     "silu_mul",
     "softmax_temperature",
