@@ -49,30 +49,34 @@ class RowLayout:
     """Which path each row of a step's activations takes through `linear`.
 
     The first n_decode rows are decode rows (one generated token per sequence). The others are
-    prompt rows, laid out in BLAS tiles of exactly PROMPT_TILE rows: `tiles[j]` is the row at
-    tile slot j (-1: a zero row). A prompt row at position p always sits in slot p % PROMPT_TILE
-    of its tile, however its prompt was cut into chunks.
+    prompt rows, laid out in BLAS tiles of exactly PROMPT_TILE rows; a prompt row at position p
+    always sits in slot p % PROMPT_TILE of its tile, however its prompt was cut into chunks.
+    `tiles` lists each tile's runs (slot, first row, n rows); unused slots are zero rows.
     """
 
     n_decode: int
-    tiles: np.ndarray  # (M,) int64, M a multiple of PROMPT_TILE
+    tiles: tuple[tuple[tuple[int, int, int], ...], ...] = ()
 
     @classmethod
     def decode_only(cls, n_rows: int) -> RowLayout:
-        return cls(n_rows, np.empty(0, np.int64))
+        return cls(n_rows)
 
     @classmethod
     def build(cls, n_decode: int, positions: np.ndarray) -> RowLayout:
         """From the positions (N,) of a step's rows; prompt rows of one sequence are consecutive."""
-        slots: list[int] = []
-        for row in range(n_decode, len(positions)):
-            p = int(positions[row])
-            new_run = row == n_decode or p != positions[row - 1] + 1
-            if new_run or p % PROMPT_TILE == 0:  # this row opens a tile: pad to its slot
-                slots.extend([-1] * ((-len(slots)) % PROMPT_TILE + p % PROMPT_TILE))
-            slots.append(row)
-        slots.extend([-1] * ((-len(slots)) % PROMPT_TILE))
-        return cls(n_decode, np.asarray(slots, np.int64))
+        tiles: list[list[tuple[int, int, int]]] = []
+        row, n = n_decode, len(positions)
+        while row < n:
+            start = row  # a run of consecutive positions, cut where a tile ends
+            slot = int(positions[row]) % PROMPT_TILE
+            row += 1
+            while row < n and positions[row] == positions[row - 1] + 1 and positions[row] % PROMPT_TILE:
+                row += 1
+            if not tiles or start == n_decode or positions[start] != positions[start - 1] + 1 \
+                    or slot == 0 or tiles[-1][-1][0] + tiles[-1][-1][2] > slot:
+                tiles.append([])  # a new sequence (or a filled tile) opens a tile
+            tiles[-1].append((slot, start, row - start))
+        return cls(n_decode, tuple(tuple(t) for t in tiles))
 
 
 def linear(x: np.ndarray, w: np.ndarray, layout: RowLayout) -> np.ndarray:
@@ -87,12 +91,15 @@ def linear(x: np.ndarray, w: np.ndarray, layout: RowLayout) -> np.ndarray:
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     if layout.n_decode:
         matmul_rows(x[:layout.n_decode], w, out[:layout.n_decode])
-    if len(layout.tiles):
-        real = layout.tiles >= 0
-        padded = np.zeros((len(layout.tiles), x.shape[1]), np.float32)
-        padded[real] = x[layout.tiles[real]]
-        result = np.empty((len(layout.tiles), w.shape[0]), np.float32)
-        for start in range(0, len(layout.tiles), PROMPT_TILE):
-            np.matmul(padded[start:start + PROMPT_TILE], w.T, out=result[start:start + PROMPT_TILE])
-        out[layout.tiles[real]] = result[real]
+    for runs in layout.tiles:
+        (slot, row, n), = runs if len(runs) == 1 else [(-1, 0, 0)]
+        if slot == 0 and n == PROMPT_TILE:  # a whole tile in place: no copies
+            np.matmul(x[row:row + n], w.T, out=out[row:row + n])
+            continue
+        tile = np.zeros((PROMPT_TILE, x.shape[1]), np.float32)
+        for slot, row, n in runs:
+            tile[slot:slot + n] = x[row:row + n]
+        result = tile @ w.T
+        for slot, row, n in runs:
+            out[row:row + n] = result[slot:slot + n]
     return out

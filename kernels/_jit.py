@@ -8,14 +8,18 @@ the GIL for I/O. `fastmath` is opt-in per kernel: it lets LLVM reorder float red
 which keeps results deterministic for a given input but not bit-equal to a NumPy reference.
 """
 
+import os
+
 import numba
 
-# numba's default OpenMP layer spin-waits between parallel regions, and so does OpenBLAS: on a
-# 2-core machine the two thread pools then steal each other's cores after every matmul (decode
-# measured 3.8 tok/s with "omp" against 27 tok/s with "workqueue" on SmolLM2-135M). The
-# workqueue layer sleeps when idle. It must not be called from two threads at once, which holds:
-# only the engine thread runs kernels. Set before any parallel kernel runs.
-numba.config.THREADING_LAYER = "workqueue"
+# Threads, measured on the 2-core dev machine with SmolLM2-135M (bench/RESULTS.md): numba's
+# OpenMP layer launches a parallel region fastest (decode 29 tok/s against 18 with "workqueue"),
+# but libgomp threads spin-wait ~300k iterations after each region and take the cores from
+# OpenBLAS's threads during prefill (215 tok/s). A short spin keeps both: decode 32, prefill 295.
+# Both settings must be in place before the first parallel kernel runs; a user's own
+# GOMP_SPINCOUNT wins. Where OpenMP is missing, numba falls back to tbb or workqueue.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 
 def jit(*, parallel: bool = False, fastmath: bool = False):
