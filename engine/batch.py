@@ -1,9 +1,10 @@
 """`StepBatch`: the tokens of one engine step from several sequences, packed flat.
 
-Owns: `StepBatch`. Imports: numpy, engine.weights. Used by: engine.runner (builds it), engine.model (reads it).
+Owns: `StepBatch`. Imports: numpy, engine.weights. Used by: engine.runner (builds it),
+engine.model (reads it).
 
 A step may hold whole prompts, prompt chunks and single decode tokens side by side; the forward
-pass treats them alike, since every token carries its own cache slot and position.
+pass treats them alike, since every token carries its position and its sequence's block table.
 """
 
 from __future__ import annotations
@@ -19,26 +20,34 @@ from engine.weights import RowLayout
 class StepBatch:
     token_ids: np.ndarray  # (N,) int64
     positions: np.ndarray  # (N,) int64, position of each token in its sequence
-    slots: np.ndarray  # (N,) int64, KV-cache slot of each token's sequence
+    token_seq: np.ndarray  # (N,) int64, index of each token's sequence in block_tables
+    block_tables: np.ndarray  # (B, max blocks) int64, KV-cache blocks of each sequence
+    kv_index: np.ndarray  # (N,) int64, where each token's K/V go: block * BS + offset
     logit_rows: np.ndarray  # (R,) int64, tokens whose logits the caller wants (often one per sequence)
     layout: RowLayout  # decode rows first, then prompt rows in position-aligned tiles
 
     @classmethod
-    def pack(cls, seqs: list[tuple[list[int], int, int]], logits_of: list[int] | None = None,
-             all_logits: bool = False, n_decode: int = 0) -> StepBatch:
-        """Pack (token_ids, start_position, slot) per sequence. logit_rows: the last token of each
-        sequence in logits_of (default: every sequence), or every token when all_logits. The
-        first n_decode sequences are single generated tokens (decode rows)."""
+    def pack(cls, seqs: list[tuple[list[int], int, list[int]]], block_size: int,
+             logits_of: list[int] | None = None, all_logits: bool = False,
+             n_decode: int = 0) -> StepBatch:
+        """Pack (token_ids, start_position, blocks) per sequence. logit_rows: the last token of
+        each sequence in logits_of (default: every sequence), or every token when all_logits.
+        The first n_decode sequences are single generated tokens (decode rows)."""
+        assert all(len(t) == 1 for t, _, _ in seqs[:n_decode])
         ids = np.concatenate([np.asarray(t, np.int64) for t, _, _ in seqs])
         pos = np.concatenate([np.arange(p, p + len(t), dtype=np.int64) for t, p, _ in seqs])
-        slots = np.concatenate([np.full(len(t), s, np.int64) for t, _, s in seqs])
+        seq = np.concatenate([np.full(len(t), i, np.int64) for i, (t, _, _) in enumerate(seqs)])
+        tables = np.zeros((len(seqs), max(len(b) for _, _, b in seqs)), np.int64)
+        for i, (_, _, blocks) in enumerate(seqs):
+            tables[i, :len(blocks)] = blocks
+        kv_index = tables[seq, pos // block_size] * block_size + pos % block_size
         ends = np.cumsum([len(t) for t, _, _ in seqs]) - 1
         if all_logits:
             rows = np.arange(len(ids))
         else:
             rows = ends if logits_of is None else ends[np.asarray(logits_of, np.int64)]
-        assert all(len(t) == 1 for t, _, _ in seqs[:n_decode])
-        return cls(ids, pos, slots, rows.astype(np.int64), RowLayout.build(n_decode, pos))
+        return cls(ids, pos, seq, tables, kv_index, rows.astype(np.int64),
+                   RowLayout.build(n_decode, pos))
 
     @property
     def n_tokens(self) -> int:

@@ -164,11 +164,14 @@ def _hf_rope_factors(scaling: dict[str, Any] | None, head_dim: int,
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """Sizes the engine preallocates: cache slots and length, and the per-step token budget."""
+    """What the engine preallocates and how much work one step may do."""
 
-    max_seqs: int = 8
-    max_seq_len: int = 2048
-    max_batch_tokens: int = 512
+    max_seqs: int = 8  # sequences computed together
+    max_seq_len: int = 2048  # context per sequence (capped by the model's)
+    max_batch_tokens: int = 512  # tokens per step; longer prompts are computed in chunks
+    kv_cache_mb: int = 512  # KV-cache pool; what running sequences do not hold caches prefixes
+    block_size: int = 16  # tokens per KV-cache block (the prefix cache's granularity)
 
     def __post_init__(self) -> None:
         assert self.max_seqs >= 1 and self.max_seq_len >= 2 and self.max_batch_tokens >= 1
+        assert self.kv_cache_mb >= 1 and self.block_size >= 1

@@ -20,10 +20,15 @@ class Engine:
         self.model_config = cfg
         self.config = config
         self.max_seq_len = min(config.max_seq_len, cfg.max_seq_len)
-        self.cache = KVCache(cfg, config.max_seqs, self.max_seq_len)
+        n_blocks = config.kv_cache_mb * 2**20 // KVCache.bytes_per_block(cfg, config.block_size)
+        if n_blocks * config.block_size < self.max_seq_len:
+            raise ValueError(f"a KV cache of {config.kv_cache_mb} MB holds {n_blocks * config.block_size} "
+                             f"tokens, less than one context of {self.max_seq_len}")
+        self.cache = KVCache(cfg, n_blocks, config.block_size)
         self.model = Transformer(cfg, weights, self.max_seq_len)
-        self.scheduler = Scheduler(config, self.cache)
+        self.scheduler = Scheduler(config, self.cache, self.max_seq_len)
         self.runner = ModelRunner(self.model, self.cache)
+        self.last_step_tokens = 0  # tokens computed by the last step (for metrics)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
                     n: int = 1) -> None:
@@ -43,7 +48,7 @@ class Engine:
         self.scheduler.add(parent)
 
     def abort(self, request_id: str) -> bool:
-        """Stop every choice of a request; its cache slots are free for the next step."""
+        """Stop every choice of a request; its cache blocks are free for the next step."""
         return bool(self.scheduler.abort(request_id))
 
     @property
@@ -53,6 +58,7 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once over the packed batch, and advance the requests."""
         plan = self.scheduler.schedule()
+        self.last_step_tokens = sum(s.n_new for s in plan)
         sampled = self.runner.execute(plan)
         return self.scheduler.update(plan, sampled)
 

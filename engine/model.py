@@ -8,7 +8,7 @@ Shape letters, used in the comment on every line below:
   N tokens in the step    B sequences    R rows whose logits are wanted
   C model dim             F FFN hidden   V vocabulary
   H query heads           Hkv kv heads   D head dim
-  L layers                S cache length
+  L layers                S max sequence length  BS tokens per KV-cache block
 """
 
 from __future__ import annotations
@@ -55,10 +55,12 @@ def attention_block(m: Transformer, lw: LayerWeights, cache: KVCache, layer: int
     v = _project(h, lw.wv, lw.bv, d).reshape(n, cfg.n_kv_heads, cfg.head_dim)  # (N, Hkv, D)
     apply_rope(q, batch.positions, m.cos, m.sin)  # (N, H, D) in place
     apply_rope(k, batch.positions, m.cos, m.sin)  # (N, Hkv, D) in place
-    cache.k[layer, batch.slots, batch.positions] = k  # (L, slots, S, Hkv, D) scatter
-    cache.v[layer, batch.slots, batch.positions] = v  # (L, slots, S, Hkv, D) scatter
+    k_layer, v_layer = cache.k[layer], cache.v[layer]  # (n_blocks, BS, Hkv, D) views
+    k_layer.reshape(-1, cfg.n_kv_heads, cfg.head_dim)[batch.kv_index] = k  # scatter by position
+    v_layer.reshape(-1, cfg.n_kv_heads, cfg.head_dim)[batch.kv_index] = v
     out = np.empty_like(q)  # (N, H, D)
-    attention(q, cache.k[layer], cache.v[layer], batch.slots, batch.positions, m.scale, out)
+    attention(q, k_layer, v_layer, batch.block_tables, batch.token_seq, batch.positions, m.scale,
+              out)
     return linear(out.reshape(n, cfg.n_heads * cfg.head_dim), lw.wo, d)  # (N, C)
 
 

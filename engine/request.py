@@ -28,7 +28,10 @@ class Request:
     index: int = 0
     output_ids: list[int] = field(default_factory=list)
     n_computed: int = 0
-    slot: int | None = None
+    blocks: list[int] = field(default_factory=list)  # KV-cache block table
+    n_registered: int = 0  # leading full blocks entered in the prefix cache
+    chain: int = 0  # prefix-cache chain id of the last registered block
+    n_cached: int = 0  # prompt tokens whose KV came from the prefix cache
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     forks: list[Request] = field(default_factory=list)
     forked_from: Request | None = None
@@ -45,7 +48,11 @@ class Request:
 
     @property
     def awaiting_fork(self) -> bool:
-        return self.forked_from is not None and self.n_computed == 0
+        """A choice waiting for its parent's prompt, whose blocks it will share."""
+        return self.forked_from is not None
+
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
 
     def token(self, position: int) -> int:
         n = len(self.prompt_ids)

@@ -31,9 +31,10 @@ class ModelRunner:
         for s in plan:
             r = s.request
             seqs.append(([r.token(p) for p in range(r.n_computed, r.n_computed + s.n_new)],
-                         r.n_computed, r.slot))
+                         r.n_computed, r.blocks))
         sampling = [i for i, s in enumerate(plan) if s.samples]
-        batch = StepBatch.pack(seqs, logits_of=sampling, n_decode=sum(s.decodes for s in plan))
+        batch = StepBatch.pack(seqs, self.cache.block_size, logits_of=sampling,
+                               n_decode=sum(s.decodes for s in plan))
         logits = forward(self.model, self.cache, batch)  # (R, V)
         rows, requests = [], []
         for row, i in enumerate(sampling):

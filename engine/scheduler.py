@@ -7,9 +7,13 @@ Used by: engine.engine and engine.runner; tests drive it with a fake runner.
 There are no prefill and decode phases: a request has `n_tokens` (prompt + generated) and
 `n_computed` (in the cache), and each step hands out up to `max_batch_tokens` tokens so that
 `n_computed` catches up. Running requests go first (a decode needs one token), then waiting ones
-are admitted while there are free cache slots. A long prompt is cut into chunks across steps,
-so it never freezes other requests' streams for longer than one step. A request for n choices
-is admitted as a group: one computes the prompt, the others copy its cache when it is done.
+are admitted while there is room. A long prompt is cut into chunks across steps, so it never
+freezes other requests' streams for longer than one step.
+
+An admitted request first takes what the prefix cache holds of its prompt, and computes only
+the rest. A request for n choices is admitted as a group: one computes the prompt, the others
+share its blocks when it is done. When the cache pool runs dry, the newest running request is
+preempted: it gives back its blocks and waits to be computed again.
 """
 
 from __future__ import annotations
@@ -55,9 +59,10 @@ class Sample:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, cache: KVCache):
+    def __init__(self, config: EngineConfig, cache: KVCache, max_seq_len: int):
         self.config = config
         self.cache = cache
+        self.max_seq_len = max_seq_len
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
 
@@ -67,7 +72,7 @@ class Scheduler:
         self.waiting.append(request)
 
     def abort(self, request_id: str) -> list[Request]:
-        """Drop every choice of a request wherever it is, freeing their slots."""
+        """Drop every choice of a request wherever it is, releasing their blocks."""
         dropped = [r for r in self.waiting if r.id == request_id]
         for r in dropped:
             self.waiting.remove(r)
@@ -88,37 +93,77 @@ class Scheduler:
     def schedule(self) -> list[ScheduledSeq]:
         budget = self.config.max_batch_tokens
         plan = []
-        for r in self.running:
-            if budget == 0:
-                break
+        for r in list(self.running):
+            if budget == 0 or r not in self.running:  # r may have been preempted meanwhile
+                continue
             n_new = 0 if r.awaiting_fork else min(r.n_tokens - r.n_computed, budget)
-            if n_new > 0:
+            if n_new > 0 and self._grow(r, r.n_computed + n_new):
                 plan.append(ScheduledSeq(r, n_new))
                 budget -= n_new
-        while self.waiting and budget > 0 and self._fits(self.waiting[0]):
+        plan = [s for s in plan if s.request in self.running]
+        while self.waiting and budget > 0 and self._admit(self.waiting[0], budget):
             r = self.waiting.popleft()
-            for member in [r] + r.forks:
-                member.slot = self.cache.alloc()
-                self.running.append(member)
             n_new = min(r.n_tokens - r.n_computed, budget)
             plan.append(ScheduledSeq(r, n_new))
             budget -= n_new
         return plan
 
-    def _fits(self, r: Request) -> bool:
+    def _admit(self, r: Request, budget: int) -> bool:
+        """Start r (and its forks) if there is room for them and the blocks of its first chunk;
+        what the prefix cache holds of its prompt is not computed again."""
         size = 1 + len(r.forks)
-        return self.cache.n_free >= size and len(self.running) + size <= self.config.max_seqs
+        if len(self.running) + size > self.config.max_seqs:
+            return False
+        # Only blocks strictly inside the prompt: the last prompt token is always computed,
+        # because its logits give the first new token.
+        hits, chain = self.cache.lookup(r.all_ids()[:r.n_tokens - 1])
+        n_computed = len(hits) * self.cache.block_size
+        first = min(r.n_tokens - n_computed, budget)
+        for b in hits:
+            self.cache.retain(b)
+        if self.cache.blocks_for(n_computed + first) - len(hits) + len(r.forks) > self.cache.n_available:
+            self.cache.release(hits)
+            return False
+        r.blocks, r.chain, r.n_registered = hits, chain, len(hits)
+        r.n_computed = r.n_cached = n_computed
+        self._grow(r, n_computed + first)
+        for f in r.forks:  # each fork's own copy of the prompt's last, partial block
+            f.blocks = [self.cache.allocate()]
+        self.running += [r] + r.forks
+        return True
+
+    def _grow(self, r: Request, n_tokens: int) -> bool:
+        """Give r blocks for n_tokens, preempting the newest other request if the pool is dry;
+        False if r itself had to make room (it is then waiting again)."""
+        need = self.cache.blocks_for(n_tokens) - len(r.blocks)
+        while need > self.cache.n_available:
+            victim = next((v for v in reversed(self.running)
+                           if v is not r and v.forked_from is None), r)
+            self._preempt(victim)
+            if victim is r:
+                return False
+        r.blocks += [self.cache.allocate() for _ in range(need)]
+        return True
+
+    def _preempt(self, r: Request) -> None:
+        """Give back r's blocks; it (with its forks) waits at the front to be computed again."""
+        for member in [r] + r.forks:  # forks not yet started go back with their parent
+            self.running.remove(member)
+            self.cache.release(member.blocks)
+            member.blocks, member.n_computed, member.n_registered, member.chain = [], 0, 0, 0
+        if not r.output_ids:
+            r.n_cached = 0
+        self.waiting.appendleft(r)
 
     def update(self, plan: list[ScheduledSeq], samples: list[Sample]) -> list[RequestOutput]:
         """Advance the scheduled requests, start forks at their parent's prompt end, append the
-        sampled tokens, and finish (freeing the slot) those that hit a stop token or a limit."""
+        sampled tokens, and finish (releasing the blocks) those that hit a stop or a limit."""
         for seq in plan:
             seq.request.n_computed += seq.n_new
-        for s in samples:  # before any parent can finish and free the slot they copy from
-            r = s.request
-            if r.awaiting_fork:
-                self.cache.copy_prefix(r.forked_from.slot, r.slot, len(r.prompt_ids))
-                r.n_computed = len(r.prompt_ids)
+            self._register_full_blocks(seq.request)
+        for s in samples:  # before any parent can finish and release what they share
+            if s.request.awaiting_fork:
+                self._fork(s.request)
         outputs = []
         for s in samples:
             r = s.request
@@ -127,9 +172,37 @@ class Scheduler:
             if reason:
                 self.running.remove(r)
                 self._release(r, reason)
+            n_cached = r.n_cached if len(r.output_ids) == 1 else 0
             outputs.append(RequestOutput(r.id, [s.token], reason, len(r.prompt_ids), r.index,
-                                         None if s.logprob is None else [s.logprob]))
+                                         None if s.logprob is None else [s.logprob], n_cached))
         return outputs
+
+    def _register_full_blocks(self, r: Request) -> None:
+        bs = self.cache.block_size
+        while (r.n_registered + 1) * bs <= r.n_computed:
+            j = r.n_registered
+            tokens = [r.token(p) for p in range(j * bs, (j + 1) * bs)]
+            r.chain = self.cache.register(r.blocks[j], r.chain, tokens)
+            r.n_registered += 1
+
+    def _fork(self, child: Request) -> None:
+        """child shares its parent's full prompt blocks and copies the partial last one."""
+        parent, bs = child.forked_from, self.cache.block_size
+        n_full = len(child.prompt_ids) // bs
+        shared = parent.blocks[:n_full]
+        for b in shared:
+            self.cache.retain(b)
+        own = child.blocks
+        if len(child.prompt_ids) % bs:
+            self.cache.copy_block(parent.blocks[n_full], own[0])
+            child.blocks = shared + own
+        else:
+            self.cache.release(own)
+            child.blocks = shared
+        child.n_computed = len(child.prompt_ids)
+        child.n_registered, child.chain = parent.n_registered, parent.chain
+        child.forked_from = None  # from now on a sequence of its own
+        parent.forks.remove(child)
 
     def _finish_reason(self, r: Request, token: int) -> str | None:
         p = r.params
@@ -137,12 +210,11 @@ class Scheduler:
             return "stop"
         if p.max_tokens is not None and len(r.output_ids) >= p.max_tokens:
             return "length"
-        if r.n_tokens >= self.cache.max_seq_len:
+        if r.n_tokens >= self.max_seq_len:
             return "length"
         return None
 
     def _release(self, r: Request, reason: str) -> None:
         r.finish_reason = reason
-        if r.slot is not None:
-            self.cache.free(r.slot)
-            r.slot = None
+        self.cache.release(r.blocks)
+        r.blocks = []

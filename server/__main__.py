@@ -58,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-seqs", type=int, default=8, help="sequences decoded together")
     s.add_argument("--context", type=int, default=4096, help="context length per sequence")
     s.add_argument("--max-batch-tokens", type=int, default=512, help="token budget of one step")
+    s.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for the engine; beyond it: 429 with Retry-After")
+    s.add_argument("--kv-cache-mb", type=int, default=512,
+                   help="KV-cache memory; what running sequences do not use keeps prefixes for reuse")
     s.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request body limit, bytes")
     s.add_argument("--grace", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
@@ -105,7 +109,8 @@ def _cmd_serve(args, home: Path) -> int:
     keys = tuple(args.api_key) + tuple(k for k in [os.environ.get("EMBER_API_KEY")] if k)
     config = ServerConfig(host=args.host, port=args.port, api_keys=keys, insecure=args.insecure,
                           max_seqs=args.max_seqs, context=args.context,
-                          max_batch_tokens=args.max_batch_tokens, max_body=args.max_body,
+                          max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue,
+                          kv_cache_mb=args.kv_cache_mb, max_body=args.max_body,
                           grace=args.grace)
     if not config.is_loopback and not keys and not config.insecure:
         print(f"ember: error: refusing to listen on {args.host} without an API key; give "

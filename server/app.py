@@ -48,11 +48,18 @@ class App:
 
     def add(self, dep: Deployment) -> None:
         self.deployments[dep.name.lower()] = dep
-        for name, gauge in (("running", self.metrics.running), ("waiting", self.metrics.waiting)):
-            gauge.labels(dep.name).set_function(lambda s=dep.client.stats, n=name: getattr(s, n))
-        self.metrics.kv_usage.labels(dep.name).set_function(
-            lambda s=dep.client.stats: s.kv_slots_used / max(s.kv_slots_total, 1))
-        dep.client.on_step(lambda seconds, _n: self.metrics.step_time.observe(seconds))
+        c, m = dep.client, self.metrics
+        m.running.labels(dep.name).set_function(lambda: c.stats.running)
+        m.waiting.labels(dep.name).set_function(lambda: c.queue_depth)
+        m.kv_usage.labels(dep.name).set_function(
+            lambda: c.stats.kv_blocks_used / max(c.stats.kv_blocks_total, 1))
+        m.kv_cached.labels(dep.name).set_function(lambda: c.stats.kv_blocks_cached)
+
+        def observe(seconds: float, n_tokens: int) -> None:
+            m.step_time.observe(seconds)
+            m.batch_tokens.observe(n_tokens)
+
+        c.on_step(observe)
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
         route = _route_name(request.path)
@@ -188,11 +195,12 @@ def load_deployment(name: str, path: Path, config: ServerConfig) -> Deployment:
     cfg, weights = load_model(path)
     tok = Tokenizer.from_path(path)
     engine = Engine(cfg, weights, EngineConfig(max_seqs=config.max_seqs, max_seq_len=config.context,
-                                               max_batch_tokens=config.max_batch_tokens))
+                                               max_batch_tokens=config.max_batch_tokens,
+                                               kv_cache_mb=config.kv_cache_mb))
     start = time.perf_counter()
     engine.warmup()
     logger.info("%s: kernels ready in %.1f s", name, time.perf_counter() - start)
-    return Deployment(name, EngineClient(engine), tok,
+    return Deployment(name, EngineClient(engine, config.max_queue), tok,
                       ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token),
                       fingerprint(path), engine.max_seq_len)
 

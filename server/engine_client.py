@@ -36,23 +36,37 @@ class EngineStats:
 
     waiting: int = 0
     running: int = 0
-    kv_slots_used: int = 0
-    kv_slots_total: int = 0
+    kv_blocks_used: int = 0  # held by running sequences
+    kv_blocks_cached: int = 0  # registered in the prefix cache
+    kv_blocks_total: int = 0
     steps: int = 0
     last_step_seconds: float = 0.0
 
 
 class EngineClient:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, max_queue: int = 64):
         self.engine = engine
-        self.stats = EngineStats(kv_slots_total=engine.config.max_seqs)
+        self.max_queue = max_queue
+        self.stats = EngineStats(kv_blocks_total=engine.cache.n_blocks)
+        # Requests sent to the inbox / taken from it: each written by one thread only.
+        self._sent = 0
+        self._taken = 0
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, MemoryObjectSendStream] = {}
         self._step_observers: list = []
 
     def on_step(self, observer) -> None:
-        """Call observer(seconds, n_outputs) after each step, in the event loop (metrics)."""
+        """Call observer(seconds, n_tokens) after each step, in the event loop (metrics)."""
         self._step_observers.append(observer)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for the engine: queued in it, or still in the inbox."""
+        return self.stats.waiting + self._sent - self._taken
+
+    @property
+    def full(self) -> bool:
+        return self.queue_depth >= self.max_queue
 
     async def run(self) -> None:
         """Run the engine thread until cancelled; the thread then finishes its step and stops."""
@@ -72,6 +86,7 @@ class EngineClient:
         ids = [f"{request_id}#{i}" for i in range(len(prompts))]
         for rid, prompt in zip(ids, prompts):
             self._streams[rid] = send
+            self._sent += 1
             self._inbox.put(("add", rid, prompt, params, n))
         left = {rid: n for rid in ids}
         try:
@@ -108,12 +123,12 @@ class EngineClient:
                 outputs = self._fail_all(e)
             elapsed = time.perf_counter() - start
             self._report(elapsed)
-            if not self._hand_over(outputs, elapsed):
+            if not self._hand_over(outputs, elapsed, engine.last_step_tokens):
                 return
 
-    def _hand_over(self, outputs: list, elapsed: float) -> bool:
+    def _hand_over(self, outputs: list, elapsed: float, n_tokens: int = 0) -> bool:
         try:
-            anyio.from_thread.run_sync(self._deliver, outputs, elapsed)
+            anyio.from_thread.run_sync(self._deliver, outputs, elapsed, n_tokens)
             return True
         except RuntimeError:  # the event loop is gone: the server is shutting down
             return False
@@ -132,6 +147,7 @@ class EngineClient:
                 return False
             if cmd[0] == "add":
                 _, rid, prompt, params, n = cmd
+                self._taken += 1
                 try:
                     self.engine.add_request(rid, prompt, params, n)
                 except ValueError as e:
@@ -151,16 +167,17 @@ class EngineClient:
         s = self.engine.scheduler
         self.stats.waiting = s.n_waiting
         self.stats.running = len(s.running)
-        self.stats.kv_slots_used = self.engine.config.max_seqs - self.engine.cache.n_free
+        self.stats.kv_blocks_used = self.engine.cache.n_referenced
+        self.stats.kv_blocks_cached = self.engine.cache.n_cached
         self.stats.last_step_seconds = step_seconds
 
     # ------------------------------------------------------------ event loop side
 
-    def _deliver(self, outputs: list, step_seconds: float) -> None:
+    def _deliver(self, outputs: list, step_seconds: float, n_tokens: int) -> None:
         if step_seconds:
             self.stats.steps += 1
             for observer in self._step_observers:
-                observer(step_seconds, len(outputs))
+                observer(step_seconds, n_tokens)
         for out in outputs:
             rid, item = (out.request_id, out) if isinstance(out, RequestOutput) else out
             stream = self._streams.get(rid)

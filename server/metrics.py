@@ -25,11 +25,22 @@ class Metrics:
                                   buckets=_LATENCY, registry=r)
         self.step_time = Histogram("ember_engine_step_seconds", "Duration of one engine step",
                                    buckets=_LATENCY, registry=r)
+        self.batch_tokens = Histogram("ember_engine_step_tokens", "Tokens computed in one step",
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+                                      registry=r)
+        self.prefix_hit_tokens = Counter("ember_prefix_cache_hit_tokens",
+                                         "Prompt tokens whose KV came from the prefix cache",
+                                         registry=r)
+        self.rejected = Counter("ember_requests_rejected", "Requests refused with 429 (queue full)",
+                                registry=r)
+        self.kv_cached = Gauge("ember_kv_cache_cached_blocks",
+                               "KV-cache blocks holding reusable prefixes", ["deployment"], registry=r)
         self.running = Gauge("ember_requests_running", "Sequences in the engine's running set",
                              ["deployment"], registry=r)
-        self.waiting = Gauge("ember_requests_waiting", "Requests queued for the engine",
+        self.waiting = Gauge("ember_queue_depth", "Requests waiting for the engine",
                              ["deployment"], registry=r)
-        self.kv_usage = Gauge("ember_kv_cache_usage_ratio", "Fraction of KV-cache slots in use",
+        self.kv_usage = Gauge("ember_kv_cache_usage_ratio",
+                              "Fraction of KV-cache blocks held by running sequences",
                               ["deployment"], registry=r)
 
     def render(self) -> bytes:

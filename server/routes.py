@@ -57,6 +57,7 @@ class Call:
     policy: str = "error"  # extra-parameters
     started: float = field(default_factory=time.perf_counter)
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     ttft: float | None = None
 
@@ -96,6 +97,8 @@ class Call:
                 else:
                     self.metrics.itl.observe(now - last)
                 last = now
+                self.cached_tokens += out.n_cached
+                self.metrics.prefix_hit_tokens.inc(out.n_cached)
                 self.completion_tokens += len(out.new_ids)
                 self.metrics.generation_tokens.inc(len(out.new_ids))
                 yield out
@@ -182,7 +185,16 @@ def _params(req: ChatRequest | CompletionRequest, dep: Deployment, n_prompt: int
 
 def _usage(call: Call) -> Usage:
     return Usage(call.prompt_tokens, call.completion_tokens,
-                 call.prompt_tokens + call.completion_tokens, PromptTokensDetails())
+                 call.prompt_tokens + call.completion_tokens,
+                 PromptTokensDetails(cached_tokens=call.cached_tokens))
+
+
+def _check_queue(call: Call, dep: Deployment) -> None:
+    """Back-pressure: refuse at once, before any work, when the engine's queue is full."""
+    if dep.client.full:
+        call.metrics.rejected.inc()
+        raise ApiError(429, "TooManyRequests", f"the server is busy: {dep.client.queue_depth} "
+                       "requests are waiting; retry shortly", headers=(("retry-after", "1"),))
 
 
 def _error_event(call: Call, e: EngineFault) -> bytes:
@@ -219,6 +231,7 @@ async def chat_completions(call: Call) -> HttpResponse:
     n = req.n or 1
     choices = [ChoiceText(dep.tokenizer, _stops(req.stop)) for _ in range(n)]
     created = int(time.time())
+    _check_queue(call, dep)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _sse(_chat_events(call, dep, prompt, params, choices, created, include_usage))
@@ -362,6 +375,7 @@ async def completions(call: Call) -> HttpResponse:
     choices = [ChoiceText(dep.tokenizer, _stops(req.stop), texts[i // n] if req.echo else "")
                for i in range(len(prompts) * n)]
     created = int(time.time())
+    _check_queue(call, dep)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _sse(_completion_events(call, dep, prompts, params, choices, created, include_usage,

@@ -47,6 +47,23 @@ def tiny_weights(cfg: ModelConfig, seed: int = 0) -> Weights:
     return Weights(tok_embeddings=emb, layers=layers, norm=1 + mat(cfg.dim, scale=0.1), output=out)
 
 
+class SlotCache:
+    """For forward-only tests: a KV cache cut into fixed slots of contiguous blocks."""
+
+    def __init__(self, cfg: ModelConfig, n_slots: int, max_len: int, block_size: int = 16):
+        from engine.kv_cache import KVCache
+
+        self.per_slot = -(-max_len // block_size)
+        self.cache = KVCache(cfg, n_slots * self.per_slot, block_size)
+
+    def batch(self, seqs, **kwargs):
+        """StepBatch of (token_ids, start_position, slot) per sequence."""
+        from engine.batch import StepBatch
+
+        return StepBatch.pack([(t, p, list(range(s * self.per_slot, (s + 1) * self.per_slot)))
+                               for t, p, s in seqs], self.cache.block_size, **kwargs)
+
+
 @pytest.fixture
 def tiny():
     cfg = tiny_config()

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from engine import load_model
-from engine.batch import StepBatch
-from engine.kv_cache import KVCache
 from engine.model import Transformer, forward
+from tests.conftest import SlotCache
 from server.__main__ import main
 from tokenizer import Tokenizer
 
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.model
 
 def _logits(path, ids):
     cfg, w = load_model(path)
-    return forward(Transformer(cfg, w, 64), KVCache(cfg, 1, 64), StepBatch.pack([(ids, 0, 0)]))[0]
+    return forward(Transformer(cfg, w, 64), *_slot(cfg, 64, ids))[0]
 
 
 def test_convert_round_trip(default_model_path, tmp_path, capsys):
@@ -37,3 +36,8 @@ def test_convert_round_trip(default_model_path, tmp_path, capsys):
     ids = a.encode(text)
     assert b.encode(text) == ids
     np.testing.assert_array_equal(_logits(out, ids), _logits(default_model_path, ids))
+
+
+def _slot(cfg, max_len, ids):
+    slots = SlotCache(cfg, 1, max_len)
+    return slots.cache, slots.batch([(ids, 0, 0)])

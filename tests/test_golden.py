@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from engine import Engine, EngineConfig, SamplingParams
-from engine.batch import StepBatch
-from engine.kv_cache import KVCache
 from engine.model import Transformer, forward
+from tests.conftest import SlotCache
 from tokenizer import ChatTemplate
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -47,7 +46,7 @@ def test_last_position_logits_match_transformers(smol, i):
     cfg, weights, _ = smol
     ids = DATA["chats"][i]["ids"]
     model = Transformer(cfg, weights, 256)
-    logits = forward(model, KVCache(cfg, 1, 256), StepBatch.pack([(ids, 0, 0)]))[0]
+    logits = forward(model, *_slot(cfg, 256, ids))[0]
     ref = LOGITS[f"chat{i}"]
     err = np.abs(logits - ref).max()
     assert err <= 1e-3 * np.abs(ref).max(), f"max |delta| {err} vs max |logit| {np.abs(ref).max()}"
@@ -60,3 +59,8 @@ def test_greedy_continuations_match_transformers(smol):
     for i, chat in enumerate(DATA["chats"]):
         got = list(engine.generate(chat["ids"], SamplingParams(temperature=0, max_tokens=32), f"c{i}"))
         assert got == chat["greedy"], f"chat {i}"
+
+
+def _slot(cfg, max_len, ids):
+    slots = SlotCache(cfg, 1, max_len)
+    return slots.cache, slots.batch([(ids, 0, 0)])

@@ -6,13 +6,14 @@ import pytest
 from kernels import apply_rope, attention, silu_mul
 
 
-def attention_reference(q, k_cache, v_cache, slots, positions, scale):
+def attention_reference(q, k_cache, v_cache, tables, token_seq, positions, scale):
     n, h, d = q.shape
     group = h // k_cache.shape[2]
     out = np.zeros_like(q)
     for i in range(n):
-        k = k_cache[slots[i], : positions[i] + 1]  # (T, Hkv, D)
-        v = v_cache[slots[i], : positions[i] + 1]
+        table = tables[token_seq[i]]
+        k = k_cache[table].reshape(-1, *k_cache.shape[2:])[: positions[i] + 1]  # (T, Hkv, D)
+        v = v_cache[table].reshape(-1, *v_cache.shape[2:])[: positions[i] + 1]
         for head in range(h):
             s = k[:, head // group] @ q[i, head] * scale  # (T,)
             p = np.exp(s - s.max())
@@ -20,32 +21,40 @@ def attention_reference(q, k_cache, v_cache, slots, positions, scale):
     return out
 
 
+def _paged(rng, n_seqs, max_len, n_kv_heads, d, bs=8):
+    """A cache whose sequences own shuffled, non-contiguous blocks."""
+    per = -(-max_len // bs)
+    k = rng.standard_normal((n_seqs * per + 3, bs, n_kv_heads, d)).astype(np.float32)
+    v = rng.standard_normal(k.shape).astype(np.float32)
+    tables = rng.permutation(len(k))[: n_seqs * per].reshape(n_seqs, per).astype(np.int64)
+    return k, v, tables
+
+
 @pytest.mark.parametrize("n_heads,n_kv_heads", [(4, 4), (4, 2), (9, 3), (8, 1)])
 def test_attention_matches_reference(n_heads, n_kv_heads):
     rng = np.random.default_rng(0)
-    d, n_slots, s = 16, 3, 40
-    k_cache = rng.standard_normal((n_slots, s, n_kv_heads, d)).astype(np.float32)
-    v_cache = rng.standard_normal((n_slots, s, n_kv_heads, d)).astype(np.float32)
-    # a packed step: a 5-token prompt chunk in slot 2, a decode token in slot 0 and in slot 1
-    slots = np.array([2, 2, 2, 2, 2, 0, 1], np.int64)
+    d = 16
+    k_cache, v_cache, tables = _paged(rng, 3, 40, n_kv_heads, d)
+    # a packed step: a 5-token prompt chunk of sequence 2, a decode token of 0 and of 1
+    token_seq = np.array([2, 2, 2, 2, 2, 0, 1], np.int64)
     positions = np.array([10, 11, 12, 13, 14, 0, 39], np.int64)
-    q = rng.standard_normal((len(slots), n_heads, d)).astype(np.float32)
+    q = rng.standard_normal((len(token_seq), n_heads, d)).astype(np.float32)
     out = np.empty_like(q)
-    attention(q, k_cache, v_cache, slots, positions, np.float32(d**-0.5), out)
-    ref = attention_reference(q, k_cache, v_cache, slots, positions, d**-0.5)
+    attention(q, k_cache, v_cache, tables, token_seq, positions, np.float32(d**-0.5), out)
+    ref = attention_reference(q, k_cache, v_cache, tables, token_seq, positions, d**-0.5)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_attention_of_a_token_does_not_depend_on_the_batch():
     rng = np.random.default_rng(1)
-    k_cache = rng.standard_normal((2, 30, 2, 8)).astype(np.float32)
-    v_cache = rng.standard_normal((2, 30, 2, 8)).astype(np.float32)
+    k_cache, v_cache, tables = _paged(rng, 2, 30, 2, 8)
     q = rng.standard_normal((3, 4, 8)).astype(np.float32)
-    slots, positions = np.array([0, 1, 1], np.int64), np.array([20, 3, 4], np.int64)
+    token_seq, positions = np.array([0, 1, 1], np.int64), np.array([20, 3, 4], np.int64)
     together = np.empty_like(q)
-    attention(q, k_cache, v_cache, slots, positions, np.float32(0.3), together)
+    attention(q, k_cache, v_cache, tables, token_seq, positions, np.float32(0.3), together)
     alone = np.empty_like(q[:1])
-    attention(q[:1].copy(), k_cache, v_cache, slots[:1], positions[:1], np.float32(0.3), alone)
+    attention(q[:1].copy(), k_cache, v_cache, tables[:1], token_seq[:1], positions[:1],
+              np.float32(0.3), alone)
     assert np.array_equal(alone[0], together[0])
 
 

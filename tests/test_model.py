@@ -4,14 +4,16 @@ import numpy as np
 import pytest
 
 from engine import Engine, EngineConfig, SamplingParams
-from engine.batch import StepBatch
-from engine.kv_cache import KVCache
 from engine.model import Transformer, forward
-from tests.conftest import tiny_config, tiny_weights
+from tests.conftest import SlotCache, tiny_config, tiny_weights
 
 
 def _setup(cfg, weights, n_slots=4, s=64):
-    return Transformer(cfg, weights, s), KVCache(cfg, n_slots, s)
+    return Transformer(cfg, weights, s), SlotCache(cfg, n_slots, s)
+
+
+def _fwd(model, slots, seqs, **kwargs):
+    return forward(model, slots.cache, slots.batch(seqs, **kwargs))
 
 
 @pytest.mark.parametrize("overrides", [{}, {"qkv_bias": True, "tie_embeddings": False},
@@ -20,10 +22,10 @@ def test_prefill_then_decode_equals_one_full_forward(overrides):
     cfg = tiny_config(**overrides)
     model, cache = _setup(cfg, tiny_weights(cfg))
     tokens = [1, 5, 9, 2, 7, 33, 12, 60]
-    full = forward(model, cache, StepBatch.pack([(tokens, 0, 0)], all_logits=True))  # (8, V)
-    step = [forward(model, cache, StepBatch.pack([(tokens[:3], 0, 1)], all_logits=True))]
+    full = _fwd(model, cache, [(tokens, 0, 0)], all_logits=True)  # (8, V)
+    step = [_fwd(model, cache, [(tokens[:3], 0, 1)], all_logits=True)]
     for p in range(3, len(tokens)):
-        step.append(forward(model, cache, StepBatch.pack([([tokens[p]], p, 1)])))
+        step.append(_fwd(model, cache, [([tokens[p]], p, 1)]))
     np.testing.assert_allclose(np.concatenate(step), full, rtol=1e-4, atol=1e-4)
 
 
@@ -31,21 +33,19 @@ def test_packed_batch_equals_each_sequence_alone():
     cfg = tiny_config()
     model, cache = _setup(cfg, tiny_weights(cfg))
     seqs = [[3, 4, 5, 6, 7], [10, 11], [20, 21, 22, 23, 24, 25, 26, 27, 28]]
-    alone = [forward(model, cache, StepBatch.pack([(s, 0, 0)], all_logits=True)) for s in seqs]
-    packed = forward(model, cache, StepBatch.pack([(s, 0, i + 1) for i, s in enumerate(seqs)],
-                                                  all_logits=True))
+    alone = [_fwd(model, cache, [(s, 0, 0)], all_logits=True) for s in seqs]
+    packed = _fwd(model, cache, [(s, 0, i + 1) for i, s in enumerate(seqs)], all_logits=True)
     np.testing.assert_allclose(packed, np.concatenate(alone), rtol=1e-4, atol=1e-4)
     # and a packed step that mixes a decode token with a new prompt chunk
-    mixed = forward(model, cache, StepBatch.pack([([29], 9, 3), ([3, 4, 5], 0, 0)]))
-    alone_next = forward(model, cache, StepBatch.pack([(seqs[2] + [29], 0, 2)]))
+    mixed = _fwd(model, cache, [([29], 9, 3), ([3, 4, 5], 0, 0)])
+    alone_next = _fwd(model, cache, [(seqs[2] + [29], 0, 2)])
     np.testing.assert_allclose(mixed[0], alone_next[0], rtol=1e-4, atol=1e-4)
 
 
 def test_logits_only_for_requested_rows():
     cfg = tiny_config()
     model, cache = _setup(cfg, tiny_weights(cfg))
-    batch = StepBatch.pack([([1, 2, 3], 0, 0), ([4, 5], 0, 1)], logits_of=[1])
-    assert forward(model, cache, batch).shape == (1, cfg.vocab_size)
+    assert _fwd(model, cache, [([1, 2, 3], 0, 0), ([4, 5], 0, 1)], logits_of=[1]).shape == (1, cfg.vocab_size)
 
 
 def _engine(max_seqs=4, max_batch_tokens=64):
@@ -85,7 +85,7 @@ def test_greedy_engine_matches_argmax_of_forward():
     model, cache = _setup(engine.model_config, engine.model.weights)
     seq = list(prompt)
     for _ in range(6):
-        logits = forward(model, cache, StepBatch.pack([(seq, 0, 0)]))
+        logits = _fwd(model, cache, [(seq, 0, 0)])
         seq.append(int(logits[0].argmax()))
     assert out["g"] == seq[3:] and reasons["g"] == "length"
 
@@ -100,16 +100,16 @@ def test_stop_tokens_min_tokens_and_slots_are_freed():
     out, _ = _run(engine, [("m", [5, 6, 7], SamplingParams(
         temperature=0, max_tokens=3, min_tokens=2, stop_token_ids=frozenset({first})))])
     assert first not in out["m"][:2]
-    assert engine.cache.n_free == 2
+    assert engine.cache.n_referenced == 0
 
 
 def test_abort_frees_the_slot():
     engine = _engine(max_seqs=2)
     engine.add_request("x", [1, 2, 3], SamplingParams(max_tokens=50))
     engine.step()
-    assert engine.cache.n_free == 1
+    assert engine.cache.n_referenced > 0
     assert engine.abort("x") and not engine.has_unfinished
-    assert engine.cache.n_free == 2
+    assert engine.cache.n_referenced == 0
 
 
 def test_context_limit_ends_with_length_and_bad_prompts_are_refused():
@@ -135,7 +135,7 @@ def test_n_choices_share_one_prefill():
     assert all(r.n_computed == 10 for r in engine.scheduler.running)
     while engine.has_unfinished:
         engine.step()
-    assert engine.cache.n_free == 4
+    assert engine.cache.n_referenced == 0
     # choice 0 is what the same seeded request gives alone; forks match a recomputed prompt
     alone, _ = _run(_engine(), [("a", prompt, params)])
     engine.add_request("m", prompt, params, n=3)
@@ -154,7 +154,7 @@ def test_logprobs_are_the_models_distribution():
     while engine.has_unfinished:
         outs += engine.step()
     model, cache = _setup(engine.model_config, engine.model.weights)
-    logits = forward(model, cache, StepBatch.pack([([5, 6, 7], 0, 0)]))[0].astype(np.float64)
+    logits = _fwd(model, cache, [([5, 6, 7], 0, 0)])[0].astype(np.float64)
     logp = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
     first = outs[0].logprobs[0]
     assert first.token_id == logp.argmax() and abs(first.logprob - logp.max()) < 1e-5

@@ -291,7 +291,7 @@ async def test_engine_fault_fails_that_request_only(app, monkeypatch):
     assert resp.status == 500 and err(resp)["code"] == "InternalServerError"
     assert header(resp, "x-request-id") in err(resp)["message"] and "Traceback" not in err(resp)["message"]
     assert (await call(app, "POST", "/chat/completions", CHAT)).status == 200
-    assert engine.cache.n_free == engine.config.max_seqs
+    assert engine.cache.n_referenced == 0
 
 
 async def test_leaving_a_stream_early_aborts_and_frees_the_slot(app):
@@ -306,7 +306,36 @@ async def test_leaving_a_stream_early_aborts_and_frees_the_slot(app):
             break
     await resp.stream.aclose()
     for _ in range(100):
-        if engine.cache.n_free == engine.config.max_seqs and not engine.has_unfinished:
+        if engine.cache.n_referenced == 0 and not engine.has_unfinished:
             break
         await anyio.sleep(0.01)
-    assert engine.cache.n_free == engine.config.max_seqs and not engine.has_unfinished
+    assert engine.cache.n_referenced == 0 and not engine.has_unfinished
+
+
+async def test_prefix_cache_is_reported_as_cached_tokens(app):
+    system = {"role": "system", "content": "You are a careful assistant. " * 6}
+    first = {"messages": [system, {"role": "user", "content": "one"}], "max_tokens": 4}
+    data = json.loads((await call(app, "POST", "/chat/completions", first)).body)
+    assert data["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    second = {"messages": [system, {"role": "user", "content": "two"}], "max_tokens": 4}
+    data = json.loads((await call(app, "POST", "/chat/completions", second)).body)
+    cached = data["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= 160 and cached % 16 == 0  # the shared system prompt, in whole blocks
+    metrics = (await call(app, "GET", "/metrics")).body.decode()
+    assert f"ember_prefix_cache_hit_tokens_total {float(cached)}" in metrics
+    for name in ("ember_queue_depth", "ember_requests_running", "ember_kv_cache_usage_ratio",
+                 "ember_engine_step_seconds_bucket", "ember_engine_step_tokens_bucket",
+                 "ember_time_to_first_token_seconds_bucket", "ember_inter_token_latency_seconds"):
+        assert name in metrics, name
+
+
+async def test_full_queue_answers_429_at_once(app):
+    client = app.deployments["tiny"].client
+    client.max_queue = 0
+    for stream in (False, True):
+        resp = await call(app, "POST", "/chat/completions", {**CHAT, "stream": stream})
+        assert resp.status == 429 and header(resp, "retry-after") == "1"
+        assert err(resp)["code"] == "TooManyRequests"
+    assert (await call(app, "POST", "/completions", {"prompt": "x", "max_tokens": 4})).status == 429
+    client.max_queue = 64
+    assert (await call(app, "POST", "/chat/completions", CHAT)).status == 200
