@@ -18,7 +18,6 @@ import statistics
 import sys
 import threading
 import time
-from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -99,15 +98,10 @@ def main() -> None:
         url = urlsplit(args.url)
         report(url.hostname, url.port or 80, args)
         return
-    from server.app import load_deployment
-    from server.config import ServerConfig
-    from server.models import DEFAULT_MODEL, ember_home, pull
-    from tests.conftest import run_server
+    # The server runs in its own process, so the clients here do not compete with it for a GIL.
+    from tests.conftest import serve_process
 
-    path = pull(ember_home())
-    config = ServerConfig(port=0, max_seqs=max(args.concurrency), context=2048)
-    with run_server(config, {DEFAULT_MODEL.name: partial(load_deployment, DEFAULT_MODEL.name,
-                                                         path, config)}) as port:
+    with serve_process("--max-seqs", str(max(args.concurrency)), "--context", "2048") as (port, _):
         report("127.0.0.1", port, args)
 
 

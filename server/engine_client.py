@@ -4,8 +4,9 @@ Owns: `EngineClient`, `EngineStats`. Imports: anyio, stdlib, engine. Used by: se
 
 One thread owns the `Engine` (DESIGN.md): handlers post add/abort commands to a thread-safe
 inbox; the thread drains it, runs one step, and hands the step's outputs back to the event loop
-with `anyio.from_thread.run_sync`, where each request's memory stream receives its own. When idle
-the thread blocks on the inbox. A fault inside a step fails only the requests of that step; the
+through a blocking portal without waiting for them to be handled (the next step starts at
+once); in the event loop each request's memory stream receives its own. When idle the thread
+blocks on the inbox. A fault inside a step fails only the requests of that step; the
 thread keeps serving.
 """
 
@@ -54,6 +55,7 @@ class EngineClient:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._streams: dict[str, MemoryObjectSendStream] = {}
         self._step_observers: list = []
+        self._portal: anyio.from_thread.BlockingPortal | None = None
 
     def on_step(self, observer) -> None:
         """Call observer(seconds, n_tokens) after each step, in the event loop (metrics)."""
@@ -71,8 +73,9 @@ class EngineClient:
     async def run(self) -> None:
         """Run the engine thread until cancelled; the thread then finishes its step and stops."""
         try:
-            await anyio.to_thread.run_sync(self._loop, abandon_on_cancel=True,
-                                           limiter=anyio.CapacityLimiter(1))
+            async with anyio.from_thread.BlockingPortal() as self._portal:
+                await anyio.to_thread.run_sync(self._loop, abandon_on_cancel=True,
+                                               limiter=anyio.CapacityLimiter(1))
         finally:
             self._inbox.put(("stop",))
 
@@ -127,11 +130,15 @@ class EngineClient:
                 return
 
     def _hand_over(self, outputs: list, elapsed: float, n_tokens: int = 0) -> bool:
+        """Queue the step's outputs for the event loop; False once it is gone (shutdown)."""
         try:
-            anyio.from_thread.run_sync(self._deliver, outputs, elapsed, n_tokens)
+            self._portal.start_task_soon(self._deliver_soon, outputs, elapsed, n_tokens)
             return True
-        except RuntimeError:  # the event loop is gone: the server is shutting down
+        except RuntimeError:
             return False
+
+    async def _deliver_soon(self, outputs: list, elapsed: float, n_tokens: int) -> None:
+        self._deliver(outputs, elapsed, n_tokens)  # no await: deliveries run in step order
 
     def _drain(self, block: bool) -> bool:
         """Apply queued commands; False when told to stop."""

@@ -137,6 +137,34 @@ def run_server(config, loaders, wait_ready: bool = True):
             future.result(timeout=60)
 
 
+@contextmanager
+def serve_process(*args: str, env: dict | None = None):
+    """`ember serve ARGS` on a free loopback port in a child process (so a client in this
+    process does not share its GIL); yields (port, process) once it is ready."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", "0", *args],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        port = None
+        for line in proc.stderr:
+            m = re.search(r"listening on http://127.0.0.1:(\d+)", line)
+            port = int(m[1]) if m else port
+            if "ready:" in line:
+                break
+        if port is None:
+            raise RuntimeError("the server did not start")
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
+        yield port, proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(60)
+        proc.stderr.close()
+
+
 @pytest.fixture
 def tiny_server():
     """A real loopback server with two tiny deployments and an API key."""

@@ -4,15 +4,13 @@ lets the running request finish, and exits 0."""
 import http.client
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 
 import pytest
 
 from server.__main__ import main
+from tests.conftest import serve_process
 
 
 def test_refuses_non_loopback_without_a_key(capsys):
@@ -23,17 +21,8 @@ def test_refuses_non_loopback_without_a_key(capsys):
 @pytest.mark.model
 def test_sigterm_lets_the_running_request_finish(default_model_path):
     env = dict(os.environ, EMBER_HOME=str(default_model_path.parent.parent))
-    proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--port", "0", "--grace", "20"],
-                            env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        port = None
-        for line in proc.stderr:
-            m = re.search(r"listening on http://127.0.0.1:(\d+)", line)
-            port = int(m[1]) if m else port
-            if "ready:" in line:
-                break
-        assert port
-        result = {}
+    with serve_process("--grace", "20", env=env) as (port, proc):
+        result = {"started": threading.Event()}
 
         def stream():
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -47,7 +36,6 @@ def test_sigterm_lets_the_running_request_finish(default_model_path):
             result["status"], result["body"] = resp.status, first + resp.read()
             conn.close()
 
-        result["started"] = threading.Event()
         t = threading.Thread(target=stream)
         t.start()
         assert result["started"].wait(30)
@@ -56,7 +44,3 @@ def test_sigterm_lets_the_running_request_finish(default_model_path):
         assert result["status"] == 200 and result["body"].endswith(b"data: [DONE]\n\n")
         assert result["body"].count(b'"content"') > 30  # it ran to the end, not cut off
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
