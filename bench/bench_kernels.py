@@ -16,7 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernels import apply_penalties, apply_rope, attention, sample_rows, silu_mul  # noqa: E402
+from kernels import (apply_penalties, apply_rope, attention, matmul_rows, sample_rows,  # noqa: E402
+                     silu_mul)
 
 H, HKV, D, V, F = 9, 3, 64, 49152, 1536  # SmolLM2-135M
 
@@ -31,21 +32,35 @@ def timed(fn, repeat=50) -> float:
     return statistics.median(xs)
 
 
-def bench_attention(n_tokens: int, n_ctx: int) -> None:
+def bench_attention(n_tokens: int, n_ctx: int, block_size: int = 16) -> None:
     rng = np.random.default_rng(0)
-    k = rng.standard_normal((1, 1024, HKV, D)).astype(np.float32)
+    k = rng.standard_normal((1024 // block_size, block_size, HKV, D)).astype(np.float32)
     v = k.copy()
+    tables = np.arange(1024 // block_size, dtype=np.int64)[None]  # one sequence, blocks in order
     q = rng.standard_normal((n_tokens, H, D)).astype(np.float32)
     out = np.empty_like(q)
     pos = np.arange(n_ctx - n_tokens, n_ctx, dtype=np.int64)
-    slots = np.zeros(n_tokens, np.int64)
-    t = timed(lambda: attention(q, k, v, slots, pos, np.float32(0.125), out), 20)
+    seq = np.zeros(n_tokens, np.int64)
+    t = timed(lambda: attention(q, k, v, tables, seq, pos, np.float32(0.125), out), 20)
     ctx = (pos + 1).sum()
     flops = 4 * H * D * ctx  # q.k and p.v, multiply-add = 2 flops each
     print(f"attention N={n_tokens:4d} ctx={n_ctx:4d}: {t * 1e3:8.3f} ms  {flops / t / 1e9:6.1f} GFLOP/s")
 
 
+def bench_matmul(n_rows: int) -> None:
+    rng = np.random.default_rng(4)
+    ws = [rng.standard_normal(s).astype(np.float32) for s in [(1536, D * H), (D * H, 1536)] * 15]
+    xs = {w.shape[1]: rng.standard_normal((n_rows, w.shape[1])).astype(np.float32) for w in ws}
+    outs = [np.empty((n_rows, w.shape[0]), np.float32) for w in ws]
+    t = timed(lambda: [matmul_rows(xs[w.shape[1]], w, o) for w, o in zip(ws, outs)], 10)
+    size = sum(w.nbytes for w in ws)
+    print(f"matmul_rows R={n_rows} over {size / 1e6:.0f} MB of f32 weights: {t * 1e3:7.2f} ms  "
+          f"{size / t / 1e9:5.1f} GB/s  {2 * n_rows * size / 4 / t / 1e9:5.1f} GFLOP/s")
+
+
 def main() -> None:
+    bench_matmul(1)
+    bench_matmul(8)
     bench_attention(1, 128)
     bench_attention(1, 1024)
     bench_attention(512, 512)

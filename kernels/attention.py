@@ -34,29 +34,30 @@ def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, ou
         g = h // group
         table = block_tables[token_seq[i]]
         n_ctx = positions[i] + 1
+        n_blocks = (n_ctx + block_size - 1) // block_size
         scores = np.empty(n_ctx, np.float32)
         best = np.float32(-np.inf)
-        for t in range(n_ctx):
-            b = table[t // block_size]
-            o = t % block_size
-            s = np.float32(0.0)
-            for d in range(head_dim):
-                s += q[i, h, d] * k_cache[b, o, g, d]
-            s *= scale
-            scores[t] = s
-            best = max(best, s)
+        for j in range(n_blocks):  # block by block: no division per position
+            b = table[j]
+            for o in range(min(block_size, n_ctx - j * block_size)):
+                s = np.float32(0.0)
+                for d in range(head_dim):
+                    s += q[i, h, d] * k_cache[b, o, g, d]
+                s *= scale
+                scores[j * block_size + o] = s
+                best = max(best, s)
         total = np.float32(0.0)
         for t in range(n_ctx):
             e = np.exp(scores[t] - best)
             scores[t] = e
             total += e
         acc = np.zeros(head_dim, np.float32)
-        for t in range(n_ctx):
-            b = table[t // block_size]
-            o = t % block_size
-            p = scores[t]
-            for d in range(head_dim):
-                acc[d] += p * v_cache[b, o, g, d]
+        for j in range(n_blocks):
+            b = table[j]
+            for o in range(min(block_size, n_ctx - j * block_size)):
+                p = scores[j * block_size + o]
+                for d in range(head_dim):
+                    acc[d] += p * v_cache[b, o, g, d]
         inv = np.float32(1.0) / total
         for d in range(head_dim):
             out[i, h, d] = acc[d] * inv

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from msgspec import UNSET
+
 from engine import RequestOutput, SamplingParams
 from engine.request import TokenLogprob
 from server.engine_client import EngineClient, EngineFault
@@ -317,41 +319,55 @@ def _choice_index(out: RequestOutput, n: int) -> int:
     return int(out.request_id.rsplit("#", 1)[1]) * n + out.index
 
 
-async def _chat_events(call: Call, dep: Deployment, prompt: list[int], params: SamplingParams,
-                       choices: list[ChoiceText], created: int, include_usage: bool):
-    def chunk(choice: list[ChunkChoice], usage=None) -> bytes:
-        c = ChatCompletionChunk(call.request_id, created, dep.name, dep.fingerprint, choice)
-        if include_usage:
-            c.usage = None
-        elif usage is not None:
-            c.usage = usage
-        return sse(c)
+async def _events(call: Call, dep: Deployment, prompts: list[list[int]], params: SamplingParams,
+                  choices: list[ChoiceText], include_usage: bool, make, head: list, piece, end):
+    """The SSE events of a chat or completion stream; `make(items, usage)` builds a chunk,
+    `piece(i, text, logprobs, offset)` and `end(i, reason)` build a chunk's choice item."""
+    n = len(choices) // len(prompts)
 
-    n, with_logprobs = len(choices), params.logprobs is not None
-    for i in range(n):
-        yield chunk([ChunkChoice(i, Delta(role="assistant", content=""))])
+    def chunk(items: list, usage=UNSET) -> bytes:
+        return sse(make(items, None if include_usage else usage))  # null everywhere, or absent
+
+    for item in head:
+        yield chunk([item])
     try:
-        async with aclosing(call.outputs(dep, [prompt], params, n)) as outs:
+        async with aclosing(call.outputs(dep, prompts, params, n)) as outs:
             async for out in outs:
                 i = _choice_index(out, n)
-                if choices[i].finish:
+                c = choices[i]
+                if c.finish:
                     continue
-                text, lps = choices[i].feed(out)
-                if text or (with_logprobs and lps):
-                    logprobs = _chat_logprobs(dep.tokenizer, lps) if with_logprobs else None
-                    yield chunk([ChunkChoice(i, Delta(content=text), None, logprobs)])
-                if choices[i].finish:
-                    last = all(c.finish for c in choices)
-                    yield chunk([ChunkChoice(i, Delta(), choices[i].finish)],
-                                _usage(call) if last else None)
+                offset = len(c.text)
+                text, lps = c.feed(out)
+                if text or (params.logprobs is not None and lps):
+                    yield chunk([piece(i, text, lps, offset)])
+                if c.finish:
+                    last = all(x.finish for x in choices)
+                    yield chunk([end(i, c.finish)], _usage(call) if last else UNSET)
                     if last:
                         break
-        if include_usage:
-            yield sse(ChatCompletionChunk(call.request_id, created, dep.name, dep.fingerprint, [],
-                                          usage=_usage(call)))
+        if include_usage:  # OpenAI's shape: one more chunk, no choices, the usage
+            yield sse(make([], _usage(call)))
     except EngineFault as e:
         yield _error_event(call, e)
     yield SSE_DONE
+
+
+def _chat_events(call: Call, dep: Deployment, prompt: list[int], params: SamplingParams,
+                 choices: list[ChoiceText], created: int, include_usage: bool):
+    with_logprobs = params.logprobs is not None
+
+    def make(items, usage):
+        return ChatCompletionChunk(call.request_id, created, dep.name, dep.fingerprint, items,
+                                   usage=usage)
+
+    def piece(i, text, lps, _offset):
+        return ChunkChoice(i, Delta(content=text), None,
+                           _chat_logprobs(dep.tokenizer, lps) if with_logprobs else None)
+
+    head = [ChunkChoice(i, Delta(role="assistant", content="")) for i in range(len(choices))]
+    return _events(call, dep, [prompt], params, choices, include_usage, make, head, piece,
+                   lambda i, reason: ChunkChoice(i, Delta(), reason))
 
 
 # ---------------------------------------------------------------- completions
@@ -427,46 +443,21 @@ def _completion_logprobs(tok: Tokenizer, logprobs: list[TokenLogprob], offset: i
     return CompletionLogprobs(tokens, values, tops, offsets)
 
 
-async def _completion_events(call: Call, dep: Deployment, prompts: list[list[int]],
-                             params: SamplingParams, choices: list[ChoiceText], created: int,
-                             include_usage: bool, echo: bool):
-    n = len(choices) // len(prompts)
+def _completion_events(call: Call, dep: Deployment, prompts: list[list[int]],
+                       params: SamplingParams, choices: list[ChoiceText], created: int,
+                       include_usage: bool, echo: bool):
     with_logprobs = params.logprobs is not None
 
-    def chunk(choice: list[CompletionChoice], usage=None) -> bytes:
-        c = Completion(call.request_id, created, dep.name, dep.fingerprint, choice)
-        if include_usage:
-            c.usage = None
-        elif usage is not None:
-            c.usage = usage
-        return sse(c)
+    def make(items, usage):
+        return Completion(call.request_id, created, dep.name, dep.fingerprint, items, usage=usage)
 
-    if echo:
-        for i, c in enumerate(choices):
-            yield chunk([CompletionChoice(i, c.text, None)])
-    try:
-        async with aclosing(call.outputs(dep, prompts, params, n)) as outs:
-            async for out in outs:
-                i = _choice_index(out, n)
-                if choices[i].finish:
-                    continue
-                offset = len(choices[i].text)
-                text, lps = choices[i].feed(out)
-                if text or (with_logprobs and lps):
-                    logprobs = _completion_logprobs(dep.tokenizer, lps, offset) if with_logprobs else None
-                    yield chunk([CompletionChoice(i, text, None, logprobs)])
-                if choices[i].finish:
-                    last = all(c.finish for c in choices)
-                    yield chunk([CompletionChoice(i, "", choices[i].finish)],
-                                _usage(call) if last else None)
-                    if last:
-                        break
-        if include_usage:
-            yield sse(Completion(call.request_id, created, dep.name, dep.fingerprint, [],
-                                 usage=_usage(call)))
-    except EngineFault as e:
-        yield _error_event(call, e)
-    yield SSE_DONE
+    def piece(i, text, lps, offset):
+        return CompletionChoice(i, text, None, _completion_logprobs(dep.tokenizer, lps, offset)
+                                if with_logprobs else None)
+
+    head = [CompletionChoice(i, c.text, None) for i, c in enumerate(choices)] if echo else []
+    return _events(call, dep, prompts, params, choices, include_usage, make, head, piece,
+                   lambda i, reason: CompletionChoice(i, "", reason))
 
 
 # ---------------------------------------------------------------- model info
