@@ -98,7 +98,8 @@ def byte_tokenizer() -> Tokenizer:
     return Tokenizer(hf, None, frozenset({eos}), False, None, frozenset({eos}))
 
 
-def tiny_deployment(name: str = "tiny", max_seqs: int = 4, context: int = 256, seed: int = 0):
+def tiny_deployment(name: str = "tiny", max_seqs: int = 4, context: int = 256, seed: int = 0,
+                    max_queue: int = 64):
     """A served tiny model: random weights over the byte tokenizer's 257 tokens."""
     from server.engine_client import EngineClient
     from server.routes import Deployment
@@ -107,7 +108,8 @@ def tiny_deployment(name: str = "tiny", max_seqs: int = 4, context: int = 256, s
     engine = Engine(cfg, tiny_weights(cfg, seed), EngineConfig(max_seqs=max_seqs, max_seq_len=context,
                                                                max_batch_tokens=64))
     tok = byte_tokenizer()
-    return Deployment(name, EngineClient(engine), tok, ChatTemplate(None), f"fp_tiny{seed}", context)
+    return Deployment(name, EngineClient(engine, max_queue), tok, ChatTemplate(None),
+                      f"fp_tiny{seed}", context)
 
 
 @contextmanager
@@ -172,7 +174,8 @@ def tiny_server():
 
     config = ServerConfig(host="127.0.0.1", port=0, api_keys=("secret",), max_body=4096,
                           max_header=2048, read_timeout=2.0, idle_timeout=1.0, grace=5.0)
-    loaders = {"tiny": partial(tiny_deployment, "tiny"), "broken": broken_deployment}
+    loaders = {"tiny": partial(tiny_deployment, "tiny"), "broken": broken_deployment,
+               "full": partial(tiny_deployment, "full", max_queue=0)}
     with run_server(config, loaders) as port:
         yield port
 

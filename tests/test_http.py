@@ -72,6 +72,8 @@ def test_chunked_request_body(tiny_server):
      "InvalidParameter"),
     (lambda: post("/chat/completions", extra=b"azureml-model-deployment: broken\r\n"), 500,
      "InternalServerError"),
+    (lambda: post("/chat/completions", extra=b"azureml-model-deployment: full\r\n"), 429,
+     "TooManyRequests"),
 ])
 def test_error_statuses_in_raw_http(tiny_server, make, status, code):
     out = raw(tiny_server, make())
@@ -81,7 +83,7 @@ def test_error_statuses_in_raw_http(tiny_server, make, status, code):
     assert b"content-type: application/json" in head
     error = body_of(out)["error"]
     assert error["code"] == code and error["message"]
-    assert b"retry-after" not in head  # only 429 and 503 may carry it
+    assert (b"retry-after: 1" in head) == (status == 429)  # only 429 and 503 carry it
 
 
 def test_503_while_loading():
