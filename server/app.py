@@ -86,7 +86,7 @@ class App:
         request = call.request
         if request.path == "/health":  # never needs a key
             return self._health()
-        method, handler = ROUTES.get(request.path) or self._own_routes().get(request.path) or (None, None)
+        method, handler = ROUTES.get(request.path, (None, None))
         if handler is None:
             raise ApiError(404, "NotFound", f"no route {request.path}")
         if request.method != method:
@@ -104,13 +104,6 @@ class App:
         if request.path != "/metrics" and (not self.ready or self.draining):
             raise _unavailable(self.draining)
         return await handler(call)
-
-    def _own_routes(self) -> dict:
-        return {"/metrics": ("GET", self._metrics)}
-
-    async def _metrics(self, call: Call) -> HttpResponse:
-        return HttpResponse(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
-                            self.metrics.render())
 
     def _health(self) -> HttpResponse:
         if not self.ready or self.draining:

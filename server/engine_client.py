@@ -189,4 +189,7 @@ class EngineClient:
             rid, item = (out.request_id, out) if isinstance(out, RequestOutput) else out
             stream = self._streams.get(rid)
             if stream is not None:
-                stream.send_nowait(item)
+                try:
+                    stream.send_nowait(item)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # its reader is gone; its generate() is aborting the request

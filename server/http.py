@@ -67,6 +67,9 @@ class _Disconnected(Exception):
     pass
 
 
+_GONE = (_Disconnected, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError)
+
+
 class HttpServer:
     """Serves `handler` on every connection; `on_error(status, message)` shapes transport errors."""
 
@@ -113,8 +116,10 @@ class HttpServer:
                 conn.start_next_cycle()
         except _ClientError as e:
             await self._send_error(conn, stream, e.status, str(e))
-        except (_Disconnected, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        except _GONE:
             pass
+        except Exception:  # one connection must never take the server down
+            logger.exception("connection failed")
         finally:
             await stream.aclose()
 
@@ -177,7 +182,7 @@ class HttpServer:
                 return event
             try:
                 data = await stream.receive(65536)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+            except (anyio.EndOfStream, *_GONE):
                 data = b""
             conn.receive_data(data)
 
@@ -192,7 +197,7 @@ class HttpServer:
                 while len(conn.trailing_data[0]) <= self.limits.max_header + self.limits.max_body:
                     try:
                         data = await stream.receive(65536)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError, ConnectionError):
+                    except (anyio.EndOfStream, *_GONE):
                         gone = True
                         tg.cancel_scope.cancel()
                         return
@@ -207,7 +212,10 @@ class HttpServer:
                 response = self.on_error(500, "internal error")
             if self.draining:
                 response.headers.append(("connection", "close"))
-            await self._send(conn, stream, response)
+            try:
+                await self._send(conn, stream, response)
+            except _GONE:  # the client went away while we were writing
+                gone = True
             tg.cancel_scope.cancel()
         return not gone
 
@@ -236,5 +244,5 @@ class HttpServer:
         response.headers.append(("connection", "close"))
         try:
             await self._send(conn, stream, response)
-        except (h11.LocalProtocolError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        except (h11.LocalProtocolError, *_GONE):
             pass

@@ -473,7 +473,12 @@ async def list_models(call: Call) -> HttpResponse:
     return _json(ModelList([ModelCard(d.name, created) for d in call.deployments.values()]))
 
 
-# path -> (method, handler, needs a deployment); served under every prefix of API.md
+async def metrics(call: Call) -> HttpResponse:
+    return HttpResponse(200, [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+                        call.metrics.render())
+
+
+# path -> (method, handler); the API routes are served under every prefix of API.md
 API_ROUTES = {
     "/chat/completions": ("POST", chat_completions),
     "/completions": ("POST", completions),
@@ -482,3 +487,4 @@ API_ROUTES = {
 PREFIXES = ("", "/models", "/v1")
 ROUTES = {prefix + path: route for prefix in PREFIXES for path, route in API_ROUTES.items()}
 ROUTES["/v1/models"] = ("GET", list_models)
+ROUTES["/metrics"] = ("GET", metrics)

@@ -8,9 +8,12 @@ import threading
 import time
 from functools import partial
 
+import anyio
+import anyio.abc
 import pytest
 
 from server.config import ServerConfig
+from server.http import HttpResponse, HttpServer
 from tests.conftest import run_server, tiny_deployment
 
 KEY = "secret"
@@ -233,3 +236,48 @@ def test_abandoned_requests_leave_no_trace():
         assert client.queue_depth == 0 and not client._streams  # noqa: SLF001
         assert engine.cache.n_cached <= engine.cache.n_blocks
         assert _rss_mb() - baseline < 30, (baseline, _rss_mb())
+
+
+class _BreaksWhileWriting(anyio.abc.ByteStream):
+    """A client that sends one request, then vanishes while the response is being written."""
+
+    def __init__(self, request: bytes):
+        self.request, self.sent = request, 0
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self.request:
+            data, self.request = self.request, b""
+            return data
+        await anyio.sleep_forever()
+
+    async def send(self, item: bytes) -> None:
+        self.sent += 1
+        if self.sent > 2:
+            raise anyio.BrokenResourceError
+
+    async def send_eof(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_a_client_vanishing_mid_write_only_ends_its_connection():
+    """A write that fails (reset by the peer) ends that connection quietly: no exception may
+    escape, since it would cancel every other connection and the engine with it."""
+    closed = anyio.Event()
+
+    async def events():
+        try:
+            for i in range(100):
+                yield b"data: %d\n\n" % i
+        finally:
+            closed.set()
+
+    async def handler(request):
+        return HttpResponse(200, [("content-type", "text/event-stream")], stream=events())
+
+    server = HttpServer(handler, lambda status, msg: HttpResponse(status))
+    await server.serve_connection(_BreaksWhileWriting(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"))
+    assert closed.is_set()  # the stream was closed, so its engine request gets aborted
