@@ -8,7 +8,7 @@ from engine.weights import PROMPT_TILE, RowLayout, linear
 from kernels import matmul_rows
 
 
-@pytest.mark.parametrize("shape", [(64, 32), (1536, 576), (576, 1536), (3, 8)])
+@pytest.mark.parametrize("shape", [(64, 32), (1536, 576), (576, 1536), (3, 8), (37, 16)])
 def test_matmul_rows_matches_reference(shape):
     rng = np.random.default_rng(0)
     w = rng.standard_normal(shape).astype(np.float32)

@@ -2,6 +2,7 @@
 tokens generate at least 3x the tokens per second of one stream, measured in the same run."""
 
 import http.client
+import itertools
 import json
 import os
 import threading
@@ -25,10 +26,14 @@ def stream_tokens(port: int, prompt: str) -> int:
     return usage["completion_tokens"]
 
 
+_RUNS = itertools.count()
+
+
 def rate(port: int, n: int) -> float:
+    run = next(_RUNS)  # fresh prompts every run: no help from the prefix cache
     counts = []
-    threads = [threading.Thread(target=lambda i=i: counts.append(stream_tokens(port, f"Story {i}:")))
-               for i in range(n)]
+    threads = [threading.Thread(target=lambda i=i: counts.append(
+        stream_tokens(port, f"Run {run}, story {i}:"))) for i in range(n)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -42,6 +47,7 @@ def test_eight_streams_give_three_times_one(default_model_path):
     env = dict(os.environ, EMBER_HOME=str(default_model_path.parent.parent))
     with serve_process("--max-seqs", "8", "--context", "1024", env=env) as (port, _):
         rate(port, 1)  # warm
-        single = rate(port, 1)
-        aggregate = rate(port, 8)
+        single = (rate(port, 1) + rate(port, 1)) / 2  # two of each: the machine is shared
+        aggregate = (rate(port, 8) + rate(port, 8)) / 2
+    print(f"\nthroughput: single {single:.1f} tok/s, 8 streams {aggregate:.1f} tok/s, {aggregate / single:.2f}x")
     assert aggregate >= 3.0 * single, (aggregate, single)
