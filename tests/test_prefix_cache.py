@@ -13,7 +13,7 @@ pytestmark = pytest.mark.model
 
 STORY = ("The lighthouse keeper lived alone on a small rocky island far from the coast. Every "
          "evening she climbed the spiral stairs, cleaned the great lens, and lit the lamp that "
-         "guided fishing boats home through fog and storm. ") * 8
+         "guided fishing boats home through fog and storm. ") * 16
 
 
 def _first_token_time(engine, rid, prompt, params):
@@ -39,7 +39,7 @@ def test_follow_up_turn_reuses_the_conversation(smol):
     turn2 = turn1 + [{"role": "assistant", "content": tok.decode(reply_ids)},
                      {"role": "user", "content": "And why did it matter to the fishermen?"}]
     prompt2 = tok.encode(template.render(turn2))
-    assert len(prompt2) >= 400
+    assert len(prompt2) >= 400  # the issue asks for at least 400 (this one has ~750)
     seen = prompt1 + reply_ids
     common = next((i for i, (a, b) in enumerate(zip(seen, prompt2)) if a != b), len(seen))
 
@@ -49,6 +49,8 @@ def test_follow_up_turn_reuses_the_conversation(smol):
     cold_ttft, cold_out, n_cold = _first_token_time(engine, "t2-cold", prompt2, greedy)
     assert n_cold == 0
     assert cached_out == cold_out
+    print(f"\nprefix cache: {len(prompt2)} prompt tokens, {n_cached} cached; time to first token "
+          f"{cached_ttft * 1000:.0f} ms cached, {cold_ttft * 1000:.0f} ms cold")
     assert cached_ttft <= 0.2 * cold_ttft, (cached_ttft, cold_ttft)
 
 
