@@ -46,13 +46,14 @@ _BIASES = {"bq", "bk", "bv"}
 GGUF_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"}
 
 
-def load_model(path: str | Path) -> tuple[ModelConfig, Weights]:
-    """Load a `.gguf` file or a Hugging Face directory (config.json + *.safetensors)."""
+def load_model(path: str | Path, gguf_reader=None) -> tuple[ModelConfig, Weights]:
+    """Load a `.gguf` file or a Hugging Face directory (config.json + *.safetensors).
+    A GGUF already opened (`gguf.GGUFReader`, slow to build) can be passed in."""
     path = Path(path)
     if path.is_dir():
         return _load_hf(path)
     if path.suffix == ".gguf" and path.is_file():
-        return _load_gguf(path)
+        return _load_gguf(path, gguf_reader)
     raise ModelError(f"{path}: not a .gguf file or a Hugging Face model directory")
 
 
@@ -89,12 +90,13 @@ def _check_shapes(cfg: ModelConfig, w: Weights) -> None:
 # ---------------------------------------------------------------- GGUF
 
 
-def read_gguf(path: str | Path):
-    """Open a GGUF file: (reader, metadata dict). Large tokenizer arrays are left out of the dict."""
+def read_gguf(path: str | Path, reader=None):
+    """Open a GGUF file (unless reader is given): (reader, metadata dict). Large tokenizer
+    arrays are left out of the dict."""
     import gguf
 
     try:
-        reader = gguf.GGUFReader(str(path))
+        reader = reader or gguf.GGUFReader(str(path))
     except Exception as e:  # the gguf package raises ValueError, struct.error, ...
         raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
     meta: dict[str, Any] = {}
@@ -106,8 +108,8 @@ def read_gguf(path: str | Path):
     return reader, meta
 
 
-def _load_gguf(path: Path) -> tuple[ModelConfig, Weights]:
-    reader, meta = read_gguf(path)
+def _load_gguf(path: Path, reader=None) -> tuple[ModelConfig, Weights]:
+    reader, meta = read_gguf(path, reader)
     tensors = {t.name: t for t in reader.tensors}
     rope_freqs = _gguf_tensor(tensors["rope_freqs.weight"]) if "rope_freqs.weight" in tensors else None
     cfg = ModelConfig.from_gguf(meta, set(tensors), rope_freqs)

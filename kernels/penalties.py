@@ -5,7 +5,6 @@ Owns: `apply_logit_bias`, `apply_penalties`. Imports: numpy, kernels._jit.
 Used by: engine.sampling.
 """
 
-import numpy as np
 
 from kernels._jit import jit
 

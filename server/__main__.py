@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from engine import Engine, EngineConfig, ModelError, SamplingParams, load_model
-from server.models import PullError, ember_home, pull, resolve_model
-from tokenizer import ChatTemplate, TemplateError, Tokenizer, TokenizerError
+from engine import Engine, EngineConfig, ModelError, SamplingParams
+from server.models import PullError, ember_home, open_model, pull, resolve_model
+from tokenizer import ChatTemplate, TemplateError, TokenizerError
 
 logger = logging.getLogger("ember")
 
@@ -163,9 +163,7 @@ def _params(args) -> SamplingParams:
 def _session(args, home: Path):
     from server.cli import Session
 
-    path = resolve_model(args.model, home)
-    cfg, weights = load_model(path)
-    tok = Tokenizer.from_path(path)
+    cfg, weights, tok = open_model(resolve_model(args.model, home))
     engine = Engine(cfg, weights, EngineConfig(max_seqs=1, max_seq_len=args.context))
     start = time.perf_counter()
     print("compiling kernels (cached after the first start)...", end="", file=sys.stderr, flush=True)

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import anyio
 
-from engine import Engine, EngineConfig, load_model
+from engine import Engine, EngineConfig
 from server.config import ServerConfig
 from server.engine_client import EngineClient
 from server.http import HttpLimits, HttpRequest, HttpResponse, HttpServer
 from server.metrics import Metrics
+from server.models import open_model
 from server.protocol import EXTRA_POLICIES, ApiError, encode
 from server.routes import ROUTES, Call, Deployment
-from tokenizer import ChatTemplate, Tokenizer
+from tokenizer import ChatTemplate
 
 logger = logging.getLogger("ember.server")
 access_log = logging.getLogger("ember.access")
@@ -185,8 +186,7 @@ def fingerprint(path: Path) -> str:
 
 def load_deployment(name: str, path: Path, config: ServerConfig) -> Deployment:
     """Load weights and tokenizer, compile the kernels; runs in a worker thread at start-up."""
-    cfg, weights = load_model(path)
-    tok = Tokenizer.from_path(path)
+    cfg, weights, tok = open_model(path)
     engine = Engine(cfg, weights, EngineConfig(max_seqs=config.max_seqs, max_seq_len=config.context,
                                                max_batch_tokens=config.max_batch_tokens,
                                                kv_cache_mb=config.kv_cache_mb))

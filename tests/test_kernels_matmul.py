@@ -4,7 +4,7 @@ whatever else is in the batch (the basis of 'same seed, same tokens, under load'
 import numpy as np
 import pytest
 
-from engine.weights import PROMPT_TILE, RowLayout, linear
+from engine.weights import RowLayout, linear
 from kernels import matmul_rows
 
 

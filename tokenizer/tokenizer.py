@@ -52,13 +52,14 @@ class Tokenizer:
     special_ids: frozenset[int] = field(default=frozenset())
 
     @classmethod
-    def from_path(cls, path: str | Path) -> Tokenizer:
-        """From a `.gguf` file or a Hugging Face directory holding `tokenizer.json`."""
+    def from_path(cls, path: str | Path, gguf_reader=None) -> Tokenizer:
+        """From a `.gguf` file (or its open `gguf.GGUFReader`) or a Hugging Face directory
+        holding `tokenizer.json`."""
         path = Path(path)
         if path.is_dir():
             return _from_hf_dir(path)
         if path.suffix == ".gguf":
-            return tokenizer_from_gguf(path)
+            return tokenizer_from_gguf(path, gguf_reader)
         raise TokenizerError(f"{path}: not a .gguf file or a model directory")
 
     @property
@@ -178,12 +179,12 @@ def _gguf_pre_tokenizer(pre: str):
     ])
 
 
-def tokenizer_from_gguf(path: str | Path) -> Tokenizer:
+def tokenizer_from_gguf(path: str | Path, reader=None) -> Tokenizer:
     """Build the same tokenizer llama.cpp uses for a GGUF's BPE ("gpt2") vocabulary."""
     import gguf
 
     try:
-        fields = gguf.GGUFReader(str(path)).fields
+        fields = (reader or gguf.GGUFReader(str(path))).fields
     except Exception as e:
         raise TokenizerError(f"{path}: not a readable GGUF file ({e})") from None
 
