@@ -40,8 +40,6 @@ class EngineStats:
     kv_blocks_used: int = 0  # held by running sequences
     kv_blocks_cached: int = 0  # registered in the prefix cache
     kv_blocks_total: int = 0
-    steps: int = 0
-    last_step_seconds: float = 0.0
 
 
 class EngineClient:
@@ -125,7 +123,7 @@ class EngineClient:
                 logger.exception("engine step failed")
                 outputs = self._fail_all(e)
             elapsed = time.perf_counter() - start
-            self._report(elapsed)
+            self._report()
             if not self._hand_over(outputs, elapsed, engine.last_step_tokens):
                 return
 
@@ -162,7 +160,7 @@ class EngineClient:
                         return False
             elif cmd[0] == "abort":
                 self.engine.abort(cmd[1])
-            self._report(self.stats.last_step_seconds)
+            self._report()
 
     def _fail_all(self, error: Exception) -> list:
         ids = {r.id for r in self.engine.scheduler.running} | {r.id for r in self.engine.scheduler.waiting}
@@ -170,19 +168,17 @@ class EngineClient:
             self.engine.abort(rid)
         return [(rid, EngineFault(f"engine fault: {type(error).__name__}")) for rid in ids]
 
-    def _report(self, step_seconds: float) -> None:
+    def _report(self) -> None:
         s = self.engine.scheduler
         self.stats.waiting = s.n_waiting
         self.stats.running = len(s.running)
         self.stats.kv_blocks_used = self.engine.cache.n_referenced
         self.stats.kv_blocks_cached = self.engine.cache.n_cached
-        self.stats.last_step_seconds = step_seconds
 
     # ------------------------------------------------------------ event loop side
 
     def _deliver(self, outputs: list, step_seconds: float, n_tokens: int) -> None:
         if step_seconds:
-            self.stats.steps += 1
             for observer in self._step_observers:
                 observer(step_seconds, n_tokens)
         for out in outputs:

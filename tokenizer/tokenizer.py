@@ -131,23 +131,13 @@ def _read_json(file: Path) -> dict:
 
 def _finish(hf: HFTokenizer, bos: int | None, eos: set[int], add_bos: bool,
             template: str | None) -> Tokenizer:
-    specials = frozenset(t.id for t in _added_special(hf))
+    specials = frozenset(i for i, t in hf.get_added_tokens_decoder().items() if t.special)
     # End-of-turn markers that the template uses end generation too.
     for tok in _END_OF_TURN:
         tid = hf.token_to_id(tok)
         if tid is not None and tid in specials and (template is None or tok in template):
             eos.add(tid)
     return Tokenizer(hf, bos, frozenset(eos), add_bos, template, specials)
-
-
-def _added_special(hf: HFTokenizer):
-    return [AddedTokenId(i, t.content) for i, t in hf.get_added_tokens_decoder().items() if t.special]
-
-
-@dataclass(frozen=True)
-class AddedTokenId:
-    id: int
-    content: str
 
 
 # ---------------------------------------------------------------- GGUF
