@@ -4,9 +4,13 @@
 Owns: `load_model`, `read_gguf`, `read_safetensors`, the HF/GGUF name tables.
 Imports: numpy, gguf, engine.config, engine.weights. Used by: server (CLI), tests, bench.
 
-Both paths produce the same `Weights`: f32 matrices (out, in), query/key rows in rotate-half
-order. GGUF tensors F32, F16, BF16, Q8_0, Q4_0 and Q4_1 are dequantized with the `gguf` package;
-safetensors F32, F16 and BF16 are read through a memory map of the file.
+Both paths produce the same `Weights`: matrices (out, in), query/key rows in rotate-half order.
+`weights` picks what a matrix is in memory:
+  "auto"  GGUF Q8_0 / Q4_0 / Q4_1 matrices stay blocks, viewed in the file's memory map (only
+          query/key rows, reordered, are copied); F32 / F16 / BF16 ones become f32.
+  "q8_0"  as auto, and float matrices are quantized to Q8_0 at load (a quarter of f32's bytes).
+  "f32"   every matrix dequantized to f32: the reference path.
+Norms and biases are always f32. Safetensors F32, F16 and BF16 are read through a memory map.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from engine.config import ModelConfig, ModelError
-from engine.weights import LayerWeights, Weights
+from engine.weights import LayerWeights, Matrix, QuantMatrix, Weights, dequantize
+from kernels.quant import FORMATS, QK, quantize_q8_0
 
 # our name -> (Hugging Face name, GGUF name); "{i}" is the layer index.
 GLOBAL_NAMES = {
@@ -43,32 +48,50 @@ LAYER_NAMES = {
 }
 _BIASES = {"bq", "bk", "bv"}
 
-GGUF_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"}
+GGUF_TYPES = {"F32", "F16", "BF16", *FORMATS}
+WEIGHT_MODES = ("auto", "q8_0", "f32")
+_MATRICES = {"wq", "wk", "wv", "wo", "w1", "w2", "w3", "tok_embeddings", "output"}
 
 
-def load_model(path: str | Path, gguf_reader=None) -> tuple[ModelConfig, Weights]:
-    """Load a `.gguf` file or a Hugging Face directory (config.json + *.safetensors).
-    A GGUF already opened (`gguf.GGUFReader`, slow to build) can be passed in."""
+def load_model(path: str | Path, gguf_reader=None, weights: str = "auto") -> tuple[ModelConfig, Weights]:
+    """Load a `.gguf` file or a Hugging Face directory (config.json + *.safetensors), its
+    matrices as `weights` says (see the module docstring). A GGUF already opened
+    (`gguf.GGUFReader`, slow to build) can be passed in."""
+    if weights not in WEIGHT_MODES:
+        raise ModelError(f"weights {weights!r}: expected one of {', '.join(WEIGHT_MODES)}")
     path = Path(path)
     if path.is_dir():
-        return _load_hf(path)
+        return _load_hf(path, weights)
     if path.suffix == ".gguf" and path.is_file():
-        return _load_gguf(path, gguf_reader)
+        return _load_gguf(path, gguf_reader, weights)
     raise ModelError(f"{path}: not a .gguf file or a Hugging Face model directory")
 
 
-def build_weights(cfg: ModelConfig, get) -> Weights:
-    """Assemble `Weights` from get(our_name, layer_index | None) -> f32 array or None."""
+def build_weights(cfg: ModelConfig, get, mode: str = "auto") -> Weights:
+    """Assemble `Weights` from get(our_name, layer_index | None) -> f32 array, QuantMatrix or None,
+    converting matrices to `mode`."""
+    def matrix(name: str, i: int | None):
+        arr = get(name, i)
+        return _convert(arr, mode) if name in _MATRICES else arr
+
     layers = []
     for i in range(cfg.n_layers):
-        fields = {name: get(name, i) for name in LAYER_NAMES
+        fields = {name: matrix(name, i) for name in LAYER_NAMES
                   if name not in _BIASES or cfg.qkv_bias}
         layers.append(LayerWeights(**fields))
-    emb = get("tok_embeddings", None)
-    out = emb if cfg.tie_embeddings else get("output", None)
+    emb = matrix("tok_embeddings", None)
+    out = emb if cfg.tie_embeddings else matrix("output", None)
     weights = Weights(tok_embeddings=emb, layers=layers, norm=get("norm", None), output=out)
     _check_shapes(cfg, weights)
     return weights
+
+
+def _convert(w: Matrix, mode: str) -> Matrix:
+    if mode == "f32" and isinstance(w, QuantMatrix):
+        return dequantize(w)
+    if mode == "q8_0" and not isinstance(w, QuantMatrix) and w.shape[1] % QK == 0:
+        return QuantMatrix(quantize_q8_0(w), "Q8_0")
+    return w
 
 
 def _check_shapes(cfg: ModelConfig, w: Weights) -> None:
@@ -108,35 +131,40 @@ def read_gguf(path: str | Path, reader=None):
     return reader, meta
 
 
-def _load_gguf(path: Path, reader=None) -> tuple[ModelConfig, Weights]:
+def _load_gguf(path: Path, reader=None, mode: str = "auto") -> tuple[ModelConfig, Weights]:
     reader, meta = read_gguf(path, reader)
     tensors = {t.name: t for t in reader.tensors}
     rope_freqs = _gguf_tensor(tensors["rope_freqs.weight"]) if "rope_freqs.weight" in tensors else None
     cfg = ModelConfig.from_gguf(meta, set(tensors), rope_freqs)
     unpermute = meta.get("general.architecture") == "llama"
 
-    def get(name: str, i: int | None) -> np.ndarray:
+    def get(name: str, i: int | None) -> Matrix:
         table = LAYER_NAMES if i is not None else GLOBAL_NAMES
         key = table[name][1].format(i=i)
         if key not in tensors:
             raise ModelError(f"{path.name}: tensor {key!r} is missing")
         arr = _gguf_tensor(tensors[key])
-        if unpermute and name in ("wq", "bq"):
-            arr = _unpermute_rope(arr, cfg.n_heads)
-        elif unpermute and name in ("wk", "bk"):
-            arr = _unpermute_rope(arr, cfg.n_kv_heads)
+        if unpermute and name in ("wq", "bq", "wk", "bk"):
+            heads = cfg.n_heads if name[1] == "q" else cfg.n_kv_heads
+            if isinstance(arr, QuantMatrix):
+                return QuantMatrix(_unpermute_rope(arr.data, heads), arr.fmt)
+            return _unpermute_rope(arr, heads)
         return arr
 
-    return cfg, build_weights(cfg, get)
+    return cfg, build_weights(cfg, get, mode)
 
 
-def _gguf_tensor(t) -> np.ndarray:
+def _gguf_tensor(t) -> Matrix:
+    """A GGUF tensor: quantized matrices as a `QuantMatrix` over the file's memory map,
+    everything else as f32."""
     from gguf import quants
 
     kind = t.tensor_type.name
     if kind not in GGUF_TYPES:
         raise ModelError(f"tensor {t.name}: GGUF type {kind} is not supported "
                          f"(supported: {', '.join(sorted(GGUF_TYPES))})")
+    if kind in FORMATS and t.data.ndim == 2:
+        return QuantMatrix(t.data, kind)
     arr = quants.dequantize(t.data, t.tensor_type)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
@@ -151,7 +179,7 @@ def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
 # ---------------------------------------------------------------- Hugging Face directory
 
 
-def _load_hf(path: Path) -> tuple[ModelConfig, Weights]:
+def _load_hf(path: Path, mode: str = "auto") -> tuple[ModelConfig, Weights]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ModelError(f"{path}: no config.json")
@@ -173,7 +201,7 @@ def _load_hf(path: Path) -> tuple[ModelConfig, Weights]:
             raise ModelError(f"{path}: tensor {key!r} is missing")
         return np.ascontiguousarray(tensors[key], dtype=np.float32)
 
-    return cfg, build_weights(cfg, get)
+    return cfg, build_weights(cfg, get, mode)
 
 
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}

@@ -18,7 +18,7 @@ import numpy as np
 from engine.batch import StepBatch
 from engine.config import ModelConfig
 from engine.kv_cache import KVCache
-from engine.weights import LayerWeights, RowLayout, Weights, linear
+from engine.weights import LayerWeights, RowLayout, Weights, embed, linear
 from kernels import apply_rope, attention, silu_mul
 
 
@@ -36,7 +36,7 @@ class Transformer:
 
 def forward(m: Transformer, cache: KVCache, batch: StepBatch) -> np.ndarray:
     """Run the step's tokens through the model, writing their K/V into the cache; (R, V) f32 logits."""
-    x = m.weights.tok_embeddings[batch.token_ids]  # (N, C)
+    x = embed(m.weights.tok_embeddings, batch.token_ids)  # (N, C)
     for layer, lw in enumerate(m.weights.layers):
         x = x + attention_block(m, lw, cache, layer, batch, x)  # (N, C)
         x = x + ffn_block(m.cfg, lw, x, batch.layout)  # (N, C)

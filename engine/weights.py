@@ -1,11 +1,13 @@
 """Model weights in our names and compute layout, and the one matrix product that reads them.
 
-Owns: `LayerWeights`, `Weights`, `linear`. Imports: numpy, kernels. Used by: engine.loader (builds them),
-engine.model (reads them).
+Owns: `QuantMatrix`, `Matrix`, `LayerWeights`, `Weights`, `RowLayout`, `linear`, `embed`,
+`dequantize`. Imports: numpy, kernels. Used by: engine.loader (builds them), engine.model (reads them).
 
-Every matrix is stored (out_features, in_features), the layout of both Hugging Face and GGUF
-files, so `linear(x, w)` is `x @ w.T`. Query and key rows are in Hugging Face order (the
-rotate-half RoPE layout); the GGUF loader undoes llama.cpp's interleaving permutation.
+Every matrix is (out_features, in_features), the layout of both Hugging Face and GGUF files, so
+`linear(x, w)` is `x @ w.T`. A matrix is either an f32 ndarray or a `QuantMatrix`: GGUF blocks
+(Q8_0, Q4_0, Q4_1) kept as they are in the file, usually a view of its memory map. Query and
+key rows are in Hugging Face order (the rotate-half RoPE layout); the GGUF loader undoes
+llama.cpp's interleaving permutation (for quantized rows too: a row's blocks move together).
 """
 
 from __future__ import annotations
@@ -14,20 +16,46 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels import matmul_rows
+from kernels import dequantize_rows, matmul_rows, qmatmul_rows
+from kernels.quant import BLOCK_BYTES, QK, format_code
+
+
+@dataclass(frozen=True)
+class QuantMatrix:
+    """A block-quantized (out, in) matrix: `data` (out, in / 32 * block bytes) uint8 in GGUF
+    layout, `fmt` one of kernels.quant.FORMATS."""
+
+    data: np.ndarray
+    fmt: str
+
+    def __post_init__(self):
+        if self.data.dtype != np.uint8 or self.data.ndim != 2 or not self.data.flags.c_contiguous \
+                or self.data.shape[1] % BLOCK_BYTES[self.fmt]:
+            raise ValueError(f"not a {self.fmt} matrix: {self.data.dtype} {self.data.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape[0], self.data.shape[1] // BLOCK_BYTES[self.fmt] * QK
+
+    @property
+    def code(self) -> int:
+        return format_code(self.fmt)
+
+
+Matrix = np.ndarray | QuantMatrix
 
 
 @dataclass
 class LayerWeights:
     attn_norm: np.ndarray  # (C,)
-    wq: np.ndarray  # (H*D, C)
-    wk: np.ndarray  # (Hkv*D, C)
-    wv: np.ndarray  # (Hkv*D, C)
-    wo: np.ndarray  # (C, H*D)
+    wq: Matrix  # (H*D, C)
+    wk: Matrix  # (Hkv*D, C)
+    wv: Matrix  # (Hkv*D, C)
+    wo: Matrix  # (C, H*D)
     ffn_norm: np.ndarray  # (C,)
-    w1: np.ndarray  # (F, C) gate
-    w2: np.ndarray  # (C, F) down
-    w3: np.ndarray  # (F, C) up
+    w1: Matrix  # (F, C) gate
+    w2: Matrix  # (C, F) down
+    w3: Matrix  # (F, C) up
     bq: np.ndarray | None = None  # (H*D,)
     bk: np.ndarray | None = None  # (Hkv*D,)
     bv: np.ndarray | None = None  # (Hkv*D,)
@@ -35,10 +63,10 @@ class LayerWeights:
 
 @dataclass
 class Weights:
-    tok_embeddings: np.ndarray  # (V, C)
+    tok_embeddings: Matrix  # (V, C)
     layers: list[LayerWeights]
     norm: np.ndarray  # (C,)
-    output: np.ndarray  # (V, C); the same array as tok_embeddings when tied
+    output: Matrix  # (V, C); the same object as tok_embeddings when tied
 
 
 PROMPT_TILE = 64
@@ -79,27 +107,53 @@ class RowLayout:
         return cls(n_decode, tuple(tuple(t) for t in tiles))
 
 
-def linear(x: np.ndarray, w: np.ndarray, layout: RowLayout) -> np.ndarray:
+def linear(x: np.ndarray, w: Matrix, layout: RowLayout) -> np.ndarray:
     """x (N, in) f32 @ w (out, in) -> (N, out) f32, each row on the path `layout` gives it.
 
     The one seam every weight format goes through. A row's result must not depend on what else
     is in the step (a seeded request gives the same tokens alone or under load), and BLAS rounds
     a row differently with the number of rows in the call and the row's place in it. So decode
-    rows take a numba kernel with a fixed reduction per element, and prompt rows take BLAS in
-    calls of exactly PROMPT_TILE rows, each row at a slot fixed by its position.
+    rows take a numba kernel with a fixed reduction per element (f32: `matmul_rows`; quantized:
+    `qmatmul_rows`, which reads the blocks in place), and prompt rows take BLAS in calls of
+    exactly PROMPT_TILE rows, each row at a slot fixed by its position, against f32 weights
+    (a quantized matrix is dequantized into scratch once per call, for all its tiles).
     """
+    x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
-    if layout.n_decode:
-        matmul_rows(x[:layout.n_decode], w, out[:layout.n_decode])
+    nd = layout.n_decode
+    if nd:
+        if isinstance(w, QuantMatrix):
+            qmatmul_rows(x[:nd], w.data, w.code, out[:nd])
+        else:
+            matmul_rows(x[:nd], w, out[:nd])
+    if not layout.tiles:
+        return out
+    wt = dequantize(w).T if isinstance(w, QuantMatrix) else w.T  # (in, out) f32
     for runs in layout.tiles:
         (slot, row, n), = runs if len(runs) == 1 else [(-1, 0, 0)]
         if slot == 0 and n == PROMPT_TILE:  # a whole tile in place: no copies
-            np.matmul(x[row:row + n], w.T, out=out[row:row + n])
+            np.matmul(x[row:row + n], wt, out=out[row:row + n])
             continue
         tile = np.zeros((PROMPT_TILE, x.shape[1]), np.float32)
         for slot, row, n in runs:
             tile[slot:slot + n] = x[row:row + n]
-        result = tile @ w.T
+        result = tile @ wt
         for slot, row, n in runs:
             out[row:row + n] = result[slot:slot + n]
     return out
+
+
+def dequantize(w: Matrix, rows: np.ndarray | None = None) -> np.ndarray:
+    """The f32 values of w, or of its rows `rows`; (len(rows) or out, in)."""
+    if rows is None:
+        rows = np.arange(w.shape[0])
+    if not isinstance(w, QuantMatrix):
+        return w[rows]
+    out = np.empty((len(rows), w.shape[1]), np.float32)
+    dequantize_rows(w.data, w.code, np.asarray(rows, np.int64), out)
+    return out
+
+
+def embed(w: Matrix, token_ids: np.ndarray) -> np.ndarray:
+    """The embedding rows of token_ids; (N, C) f32."""
+    return dequantize(w, token_ids)

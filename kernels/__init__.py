@@ -7,6 +7,7 @@ from kernels.activations import silu_mul
 from kernels.attention import attention
 from kernels.matmul import matmul_rows
 from kernels.penalties import apply_logit_bias, apply_penalties
+from kernels.quant import dequantize_rows, qmatmul_rows
 from kernels.rope import apply_rope
 from kernels.sampling import argmax_rows, draw, filter_candidates, sample_rows, softmax_temperature
 
@@ -16,9 +17,11 @@ __all__ = [
     "apply_rope",
     "argmax_rows",
     "attention",
+    "dequantize_rows",
     "draw",
     "filter_candidates",
     "matmul_rows",
+    "qmatmul_rows",
     "sample_rows",
     "silu_mul",
     "softmax_temperature",

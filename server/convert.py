@@ -21,7 +21,7 @@ from tokenizer import Tokenizer
 
 
 def convert_gguf(src: Path, out: Path, quiet: bool = False) -> None:
-    cfg, weights = load_model(src)
+    cfg, weights = load_model(src, weights="f32")
     if cfg.rope_freq_factors is not None:
         raise ModelError(f"{src}: models with RoPE frequency factors cannot be converted yet")
     tok = Tokenizer.from_path(src)

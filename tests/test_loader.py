@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 
 from engine import ModelConfig, ModelError, load_model
 from engine.loader import GLOBAL_NAMES, LAYER_NAMES, read_safetensors
+from engine.weights import QuantMatrix, dequantize
 from tests.conftest import tiny_config, tiny_weights
 
 
@@ -37,13 +38,15 @@ def _hf_config(cfg, **extra):
 
 def _assert_same(a, b, rtol=0.0, atol=0.0):
     for name in ("tok_embeddings", "norm", "output"):
-        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=atol)
+        np.testing.assert_allclose(dequantize(getattr(a, name)), dequantize(getattr(b, name)),
+                                   rtol=rtol, atol=atol)
     for la, lb in zip(a.layers, b.layers):
         for name in LAYER_NAMES:
             x, y = getattr(la, name), getattr(lb, name)
             assert (x is None) == (y is None), name
             if x is not None:
-                np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=name)
+                np.testing.assert_allclose(dequantize(x), dequantize(y), rtol=rtol, atol=atol,
+                                           err_msg=name)
 
 
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
@@ -121,12 +124,37 @@ def test_gguf_loads_the_same_weights(tmp_path, qtype):
     assert cfg2 == cfg
     if qtype == "F32":
         _assert_same(w2, w)  # exact: the q/k permutation is undone
-    else:  # each matrix equals what the format can represent of it
-        def roundtrip(a):
-            return gguf.quants.dequantize(gguf.quants.quantize(a, t), t) if a.ndim == 2 else a
-        assert np.array_equal(w2.layers[1].wq, roundtrip(w.layers[1].wq))
-        assert np.array_equal(w2.layers[0].w2, roundtrip(w.layers[0].w2))
-        _assert_same(w2, w, atol={"F16": 2e-3, "Q8_0": 0.03}.get(qtype, 0.4))  # 4 bits: ~max|w|/8
+        return
+
+    def roundtrip(a):  # what the format can represent of a matrix
+        return gguf.quants.dequantize(gguf.quants.quantize(a, t), t) if a.ndim == 2 else a
+
+    assert np.array_equal(dequantize(w2.layers[1].wq), roundtrip(w.layers[1].wq))
+    assert np.array_equal(dequantize(w2.layers[0].w2), roundtrip(w.layers[0].w2))
+    _assert_same(w2, w, atol={"F16": 2e-3, "Q8_0": 0.03}.get(qtype, 0.4))  # 4 bits: ~max|w|/8
+    if qtype != "F16":  # blocks stay blocks, in the file's memory map (q/k rows are reordered)
+        assert isinstance(w2.layers[0].w2, QuantMatrix) and w2.layers[0].w2.fmt == qtype
+        assert isinstance(w2.layers[0].w2.data.base, np.memmap)
+        assert w2.output is w2.tok_embeddings
+    _, w3 = load_model(tmp_path / "m.gguf", weights="f32")  # the reference path: all f32
+    assert all(isinstance(m, np.ndarray) and m.dtype == np.float32
+               for m in (w3.tok_embeddings, w3.layers[0].wq, w3.layers[1].w2))
+    _assert_same(w3, w2)
+
+
+def test_weights_q8_0_quantizes_a_float_checkpoint_at_load(tmp_path):
+    cfg = tiny_config(vocab_size=64, dim=32, hidden_dim=64, head_dim=8)
+    w = tiny_weights(cfg)
+    save_file(_named(cfg, w, 0), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(_hf_config(cfg)))
+    _, wq = load_model(tmp_path, weights="q8_0")
+    for m, ref in ((wq.layers[0].w1, w.layers[0].w1), (wq.tok_embeddings, w.tok_embeddings)):
+        assert isinstance(m, QuantMatrix) and m.fmt == "Q8_0"
+        assert m.data.tobytes() == gguf.quants.quantize(ref, gguf.GGMLQuantizationType.Q8_0).tobytes()
+    assert wq.output is wq.tok_embeddings
+    assert isinstance(wq.norm, np.ndarray) and wq.norm.dtype == np.float32
+    with pytest.raises(ModelError, match="weights 'q3'"):
+        load_model(tmp_path, weights="q3")
 
 
 def test_bad_files_give_clear_errors(tmp_path):

@@ -1,0 +1,289 @@
+"""Block-quantized matrices (GGUF Q4_0, Q4_1, Q8_0) read in place, never expanded at load.
+
+Owns: `BLOCK_BYTES`, `QK`, `qmatmul_rows`, `dequantize_rows`, `quantize_q8_0`, `dequantize_ref`.
+Imports: numpy, numba, llvmlite, kernels._jit. Used by: engine.weights (`linear`, embeddings),
+engine.loader (`quantize_q8_0`).
+
+A quantized matrix is a uint8 array (out_features, in_features / 32 * block bytes): each row is
+its in_features cut in blocks of QK = 32 weights, laid out exactly as in a GGUF file:
+
+    Q8_0  34 bytes: d (f16), q[32] int8              w[j] = d * q[j]
+    Q4_0  18 bytes: d (f16), qs[16] (two nibbles)    w[j] = d * (nibble[j] - 8)
+    Q4_1  20 bytes: d (f16), m (f16), qs[16]         w[j] = d * nibble[j] + m
+
+with nibble[j] = qs[j] & 15 and nibble[j + 16] = qs[j] >> 4.
+
+The inner loop is written in LLVM IR (a numba `intrinsic`), because numba's loop vectorizer does
+not handle 16-element blocks with a scale between them: it fully unrolls them and then vectorizes
+across blocks with gathers, 5-10x slower than this. Per block the IR loads the 16 or 32 quant
+bytes as one vector, widens them to 32 floats, multiplies by x, and adds into a 16-lane vector
+accumulator scaled by d (Q4_1 adds m * sum(x of the block) from a precomputed table). Every
+operation is explicit (fmuladd, a fixed halving tree for the final sum; no fast-math flags),
+so each output element has one rounding sequence, whatever the number of rows in the call.
+"""
+
+import numpy as np
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from kernels._jit import jit
+
+QK = 32  # weights per block, all three formats
+BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
+FORMATS = tuple(BLOCK_BYTES)
+_CODE = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}  # the kernels take the format as a small int
+ROWS_PER_PASS = 4  # x rows that share one unpacking of each weight block
+
+_F32, _I8, _I16, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_V16F, _V16I8 = ir.VectorType(_F32, 16), ir.VectorType(_I8, 16)
+_NATIVE_HALF = "aarch64" in llvm.get_process_triple() or \
+    "+f16c" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+def _splat(builder, value, vec_type):
+    undef = ir.Constant(vec_type, ir.Undefined)
+    one = builder.insert_element(undef, value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_I32, vec_type.count), None))
+
+
+def _f16_to_f32(builder, ptr):
+    """Load an IEEE half at an i8* and widen it exactly. With F16C (x86) or on ARM the CPU
+    converts; elsewhere integer bit moves do it (normal and subnormal values)."""
+    if _NATIVE_HALF:
+        return builder.fpext(builder.load(builder.bitcast(ptr, ir.HalfType().as_pointer()), align=1), _F32)
+    h = builder.zext(builder.load(builder.bitcast(ptr, _I16.as_pointer()), align=1), _I32)
+    magnitude = builder.shl(builder.and_(h, ir.Constant(_I32, 0x7FFF)), ir.Constant(_I32, 13))
+    value = builder.fmul(builder.bitcast(magnitude, _F32), ir.Constant(_F32, 2.0 ** 112))
+    sign = builder.shl(builder.and_(h, ir.Constant(_I32, 0x8000)), ir.Constant(_I32, 16))
+    return builder.bitcast(builder.or_(builder.bitcast(value, _I32), sign), _F32)
+
+
+def _unpack_block(builder, fmt, blk):
+    """One block at i8* blk -> (lo, hi): <16 x float> weights that multiply x[0:16], x[16:32]."""
+    def load16(offset):
+        ptr = builder.gep(blk, [ir.Constant(_I64, offset)])
+        return builder.load(builder.bitcast(ptr, _V16I8.as_pointer()), align=1)
+
+    d = _splat(builder, _f16_to_f32(builder, blk), _V16F)
+    if fmt == "Q8_0":
+        return (builder.fmul(builder.sitofp(load16(2), _V16F), d),
+                builder.fmul(builder.sitofp(load16(18), _V16F), d))
+    qs = load16(4 if fmt == "Q4_1" else 2)
+    lo = builder.and_(qs, ir.Constant(_V16I8, [15] * 16))
+    hi = builder.lshr(qs, ir.Constant(_V16I8, [4] * 16))
+    if fmt == "Q4_1":
+        m = _splat(builder, _f16_to_f32(builder, builder.gep(blk, [ir.Constant(_I64, 2)])), _V16F)
+        return (_fmuladd(builder, builder.uitofp(lo, _V16F), d, m),
+                _fmuladd(builder, builder.uitofp(hi, _V16F), d, m))
+    eight = ir.Constant(_V16I8, [8] * 16)
+    return (builder.fmul(builder.sitofp(builder.sub(lo, eight), _V16F), d),
+            builder.fmul(builder.sitofp(builder.sub(hi, eight), _V16F), d))
+
+
+def _fmuladd(builder, a, b, c):
+    suffix = f"v{a.type.count}f32" if isinstance(a.type, ir.VectorType) else "f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3),
+                                        f"llvm.fmuladd.{suffix}")
+    return builder.call(fn, [a, b, c])
+
+
+def _hsum(builder, v):
+    """Sum a <16 x float> by halving: a fixed order, so a fixed rounding."""
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n, 2 * n))))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
+def _make_block_dots(fmt: str, n_rows: int):
+    """An intrinsic dots(w, o, x, r0, out): out[r0 + i, o] = w[o] . x[r0 + i] for i < n_rows.
+    Arrays must be C-contiguous (the caller checks)."""
+    bbytes = BLOCK_BYTES[fmt]
+
+    def codegen(context, builder, sig, args):
+        w_t, _, x_t, _, out_t = sig.args
+        w_arr = context.make_array(w_t)(context, builder, args[0])
+        x_arr = context.make_array(x_t)(context, builder, args[2])
+        out_arr = context.make_array(out_t)(context, builder, args[4])
+        o, r0 = args[1], args[3]
+        k_dim = builder.extract_value(x_arr.shape, 1)
+        n_out = builder.extract_value(out_arr.shape, 1)
+        n_blocks = builder.sdiv(k_dim, ir.Constant(_I64, QK))
+        row_bytes = builder.mul(n_blocks, ir.Constant(_I64, bbytes))
+        w_row = builder.gep(builder.bitcast(w_arr.data, _I8.as_pointer()), [builder.mul(o, row_bytes)])
+        x_rows = [builder.gep(x_arr.data, [builder.mul(builder.add(r0, ir.Constant(_I64, i)), k_dim)])
+                  for i in range(n_rows)]
+
+        # for b in range(n_blocks): unpack block b once, then for each row two fmuladds into
+        # its accumulators (x[0:16] and x[16:32] halves: two independent dependency chains)
+        entry = builder.block
+        loop = builder.append_basic_block("blocks")
+        done = builder.append_basic_block("blocks_done")
+        zero = ir.Constant(_V16F, [0.0] * 16)
+        builder.cbranch(builder.icmp_signed(">", n_blocks, ir.Constant(_I64, 0)), loop, done)
+
+        builder.position_at_end(loop)
+        b = builder.phi(_I64)
+        accs = [builder.phi(_V16F) for _ in range(2 * n_rows)]
+        w_lo, w_hi = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(_I64, bbytes))]))
+        new_accs = []
+        for i in range(n_rows):
+            x_lo = builder.gep(x_rows[i], [builder.mul(b, ir.Constant(_I64, QK))])
+            x_hi = builder.gep(x_lo, [ir.Constant(_I64, 16)])
+            for w_half, x_half, acc in ((w_lo, x_lo, accs[2 * i]), (w_hi, x_hi, accs[2 * i + 1])):
+                xv = builder.load(builder.bitcast(x_half, _V16F.as_pointer()), align=4)
+                new_accs.append(_fmuladd(builder, w_half, xv, acc))
+        b_next = builder.add(b, ir.Constant(_I64, 1))
+        body_end = builder.block
+        b.add_incoming(ir.Constant(_I64, 0), entry)
+        b.add_incoming(b_next, body_end)
+        for acc, new in zip(accs, new_accs):
+            acc.add_incoming(zero, entry)
+            acc.add_incoming(new, body_end)
+        builder.cbranch(builder.icmp_signed("<", b_next, n_blocks), loop, done)
+
+        builder.position_at_end(done)
+        finals = []
+        for new in new_accs:  # all phis first, then the sums
+            acc = builder.phi(_V16F)
+            acc.add_incoming(zero, entry)
+            acc.add_incoming(new, body_end)
+            finals.append(acc)
+        for i in range(n_rows):
+            total = _hsum(builder, builder.fadd(finals[2 * i], finals[2 * i + 1]))
+            r = builder.add(r0, ir.Constant(_I64, i))
+            builder.store(total, builder.gep(out_arr.data, [builder.add(builder.mul(r, n_out), o)]))
+        return context.get_dummy_value()
+
+    @intrinsic
+    def block_dots(typingctx, w, o, x, r0, out):
+        return types.void(w, o, x, r0, out), codegen
+
+    return block_dots
+
+
+def _make_dequantize(fmt: str):
+    """An intrinsic deq(w, o, out, i): out[i] = the dequantized weights of row o of w."""
+    bbytes = BLOCK_BYTES[fmt]
+
+    def codegen(context, builder, sig, args):
+        w_t, _, out_t, _ = sig.args
+        w_arr = context.make_array(w_t)(context, builder, args[0])
+        out_arr = context.make_array(out_t)(context, builder, args[2])
+        o, i = args[1], args[3]
+        k_dim = builder.extract_value(out_arr.shape, 1)
+        n_blocks = builder.sdiv(k_dim, ir.Constant(_I64, QK))
+        w_row = builder.gep(builder.bitcast(w_arr.data, _I8.as_pointer()),
+                            [builder.mul(o, builder.mul(n_blocks, ir.Constant(_I64, bbytes)))])
+        out_row = builder.gep(out_arr.data, [builder.mul(i, k_dim)])
+        with cgutils.for_range(builder, n_blocks) as loop:
+            b = loop.index
+            w_lo, w_hi = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(_I64, bbytes))]))
+            dst = builder.gep(out_row, [builder.mul(b, ir.Constant(_I64, QK))])
+            builder.store(w_lo, builder.bitcast(dst, _V16F.as_pointer()), align=4)
+            builder.store(w_hi, builder.bitcast(builder.gep(dst, [ir.Constant(_I64, 16)]), _V16F.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def dequantize_row(typingctx, w, o, out, i):
+        return types.void(w, o, out, i), codegen
+
+    return dequantize_row
+
+
+_q8_0_deq, _q4_0_deq, _q4_1_deq = (_make_dequantize(fmt) for fmt in FORMATS)
+
+
+@jit(parallel=True)
+def dequantize_rows(w, fmt, rows, out):
+    """out[i] = dequantize(w[rows[i]]) for w (O, K/32*block bytes) uint8 in format code fmt and
+    out (len(rows), K) f32, C-contiguous. The same values `qmatmul_rows` multiplies by."""
+    for i in prange(rows.shape[0]):
+        if fmt == 0:
+            _q8_0_deq(w, rows[i], out, i)
+        elif fmt == 1:
+            _q4_0_deq(w, rows[i], out, i)
+        else:
+            _q4_1_deq(w, rows[i], out, i)
+
+
+_DOTS = {(fmt, n): _make_block_dots(fmt, n) for fmt in FORMATS for n in (1, ROWS_PER_PASS)}
+_q8_0_dot1, _q8_0_dot4 = _DOTS["Q8_0", 1], _DOTS["Q8_0", 4]
+_q4_0_dot1, _q4_0_dot4 = _DOTS["Q4_0", 1], _DOTS["Q4_0", 4]
+_q4_1_dot1, _q4_1_dot4 = _DOTS["Q4_1", 1], _DOTS["Q4_1", 4]
+
+
+@jit(parallel=True)
+def qmatmul_rows(x, w, fmt, out):
+    """out = x @ dequantize(w).T for x (R, K) f32 and w (O, K/32*block bytes) uint8 in format
+    code fmt (0 Q8_0, 1 Q4_0, 2 Q4_1); out (R, O) f32 is written; all C-contiguous.
+    Parallel over output rows; rows of x go through in fours (one unpacking of each block
+    feeds four dot products), the rest one by one; both paths round an element identically."""
+    n_rows = x.shape[0]
+    for o in prange(w.shape[0]):
+        r = 0
+        while r + 4 <= n_rows:
+            if fmt == 0:
+                _q8_0_dot4(w, o, x, r, out)
+            elif fmt == 1:
+                _q4_0_dot4(w, o, x, r, out)
+            else:
+                _q4_1_dot4(w, o, x, r, out)
+            r += 4
+        while r < n_rows:
+            if fmt == 0:
+                _q8_0_dot1(w, o, x, r, out)
+            elif fmt == 1:
+                _q4_0_dot1(w, o, x, r, out)
+            else:
+                _q4_1_dot1(w, o, x, r, out)
+            r += 1
+
+
+def format_code(fmt: str) -> int:
+    return _CODE[fmt]
+
+
+# ---------------------------------------------------------------- dequantize, quantize (NumPy)
+
+
+def _fields(w: np.ndarray, fmt: str):
+    """(d, m, q) as f32 arrays (O, nb), (O, nb) or None, (O, nb, 32)."""
+    blocks = w.reshape(w.shape[0], -1, BLOCK_BYTES[fmt])
+    d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    if fmt == "Q8_0":
+        return d, None, blocks[..., 2:].copy().view(np.int8).astype(np.float32)
+    qs = blocks[..., 4:] if fmt == "Q4_1" else blocks[..., 2:]
+    q = np.concatenate([qs & 15, qs >> 4], axis=-1).astype(np.float32)
+    if fmt == "Q4_0":
+        return d, None, q - 8
+    return d, blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32), q
+
+
+def dequantize_ref(w: np.ndarray, fmt: str) -> np.ndarray:
+    """The NumPy reference: (O, K) f32 weights of a quantized matrix, as llama.cpp defines them."""
+    d, m, q = _fields(w, fmt)
+    out = d[..., None] * q if m is None else d[..., None] * q + m[..., None]
+    return out.reshape(w.shape[0], -1).astype(np.float32)
+
+
+def quantize_q8_0(w: np.ndarray) -> np.ndarray:
+    """(O, K) float weights -> (O, K/32*34) uint8 Q8_0 blocks, rounding as llama.cpp does
+    (d = max|w| / 127, q = round(w / d))."""
+    rows, k = w.shape
+    if k % QK:
+        raise ValueError(f"in_features {k} is not a multiple of {QK}")
+    blocks = np.asarray(w, np.float32).reshape(rows, k // QK, QK)
+    d = np.abs(blocks).max(axis=-1) / 127.0
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d > 0)
+    q = np.round(blocks * inv[..., None]).astype(np.int8)
+    out = np.empty((rows, k // QK, BLOCK_BYTES["Q8_0"]), np.uint8)
+    out[..., 0:2] = d.astype(np.float16)[..., None].view(np.uint8)
+    out[..., 2:] = q.view(np.uint8)
+    return out.reshape(rows, -1)

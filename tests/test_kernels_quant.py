@@ -1,0 +1,110 @@
+"""kernels.quant: GGUF blocks read in place. Each format against a NumPy dequantize-then-matmul
+reference (with `gguf` as the encoder), dequantization exact, and a row's result bit-identical
+whatever else is in the call; `linear` on a QuantMatrix takes both paths."""
+
+import gguf
+import numpy as np
+import pytest
+
+from engine.weights import QuantMatrix, RowLayout, dequantize, embed, linear
+from kernels import dequantize_rows, qmatmul_rows
+from kernels.quant import FORMATS, dequantize_ref, format_code, quantize_q8_0
+
+
+def _quantized(fmt, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal(shape) * rng.uniform(0.01, 2.0, (shape[0], 1))).astype(np.float32)
+    return gguf.quants.quantize(w, gguf.GGMLQuantizationType[fmt])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_reference_dequantization_is_gguf_s(fmt):
+    q = _quantized(fmt, (24, 96))
+    ref = gguf.quants.dequantize(q, gguf.GGMLQuantizationType[fmt])
+    assert np.array_equal(dequantize_ref(q, fmt), ref)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dequantize_rows_is_exact(fmt):
+    q = _quantized(fmt, (40, 160), seed=1)
+    rows = np.array([3, 0, 39, 3, 17])
+    out = np.empty((len(rows), 160), np.float32)
+    dequantize_rows(q, format_code(fmt), rows, out)
+    assert np.array_equal(out, dequantize_ref(q, fmt)[rows])
+
+
+def test_scales_widen_exactly_from_half():
+    """Negative, subnormal and large f16 scales: the kernels' widening is exact."""
+    halves = np.array([1.0, -0.5, 6.1e-5, 3.0e-7, -2.0e-6, 60000.0, 0.0, -0.0], np.float16)
+    q = np.zeros((len(halves), 34), np.uint8)  # Q8_0: d, then 32 int8 quants
+    q[:, 0:2] = halves.view(np.uint8).reshape(-1, 2)
+    q[:, 2:] = np.arange(-16, 16, dtype=np.int8).view(np.uint8)
+    out = np.empty((len(halves), 32), np.float32)
+    dequantize_rows(q, format_code("Q8_0"), np.arange(len(halves)), out)
+    expect = halves.astype(np.float32)[:, None] * np.arange(-16, 16, dtype=np.float32)
+    assert np.array_equal(out, expect)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("shape", [(13, 32), (576, 1536), (1536, 576), (49, 96)])
+def test_qmatmul_rows_matches_dequantize_then_matmul(fmt, shape):
+    q = _quantized(fmt, shape, seed=2)
+    w = dequantize_ref(q, fmt).astype(np.float64)
+    x = np.random.default_rng(3).standard_normal((6, shape[1])).astype(np.float32)
+    out = np.empty((6, shape[0]), np.float32)
+    qmatmul_rows(x, q, format_code(fmt), out)
+    ref = x.astype(np.float64) @ w.T
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_qmatmul_rows_is_batch_invariant(fmt):
+    """Rows go through in fours and then one by one; a row's bits must not depend on which."""
+    q = _quantized(fmt, (200, 576), seed=4)
+    x = np.random.default_rng(5).standard_normal((9, 576)).astype(np.float32)
+
+    def fn(rows):
+        out = np.empty((len(rows), q.shape[0]), np.float32)
+        qmatmul_rows(np.ascontiguousarray(rows), q, format_code(fmt), out)
+        return out
+
+    alone = np.concatenate([fn(x[i:i + 1]) for i in range(len(x))])
+    for n in (9, 8, 5, 4, 3):
+        assert np.array_equal(fn(x[:n]), alone[:n]), n
+    assert np.array_equal(fn(x[::-1])[::-1], alone)
+
+
+def test_quantize_q8_0_round_trips_like_llama_cpp():
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((7, 64)).astype(np.float32)
+    w[2, :32] = 0.0  # an all-zero block: scale 0, quants 0
+    q = quantize_q8_0(w)
+    assert q.tobytes() == gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0).tobytes()
+    np.testing.assert_allclose(dequantize_ref(q, "Q8_0"), w, atol=np.abs(w).max() / 127)
+    with pytest.raises(ValueError):
+        quantize_q8_0(w[:, :40])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_linear_on_quantized_weights_takes_both_paths(fmt):
+    """Decode rows read the blocks; prompt rows use a dequantized copy with BLAS. Both give the
+    reference product, and a prompt row's bits do not depend on how its prompt was cut."""
+    m = QuantMatrix(_quantized(fmt, (96, 128), seed=7), fmt)
+    assert m.shape == (96, 128)
+    w = dequantize(m)
+    x = np.random.default_rng(8).standard_normal((70, 128)).astype(np.float32)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    decode = linear(x, m, RowLayout.decode_only(70))
+    prompt = linear(x, m, RowLayout.build(0, np.arange(70)))
+    np.testing.assert_allclose(decode, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(prompt, ref, rtol=1e-4, atol=1e-4)
+    cut = [linear(x[a:b], m, RowLayout.build(0, np.arange(a, b))) for a, b in [(0, 20), (20, 70)]]
+    assert np.array_equal(np.concatenate(cut), prompt)
+    assert np.array_equal(embed(m, np.array([5, 0, 5])), w[[5, 0, 5]])
+
+
+def test_quant_matrix_rejects_what_is_not_blocks():
+    with pytest.raises(ValueError):
+        QuantMatrix(np.zeros((4, 30), np.uint8), "Q4_1")  # 30 is not a whole number of blocks
+    with pytest.raises(ValueError):
+        QuantMatrix(np.zeros((4, 20), np.float32), "Q4_1")
