@@ -16,14 +16,14 @@ with nibble[j] = qs[j] & 15 and nibble[j + 16] = qs[j] >> 4.
 The inner loop is written in LLVM IR (a numba `intrinsic`), because numba's loop vectorizer does
 not handle 16-element blocks with a scale between them: it fully unrolls them and then vectorizes
 across blocks with gathers, 5-10x slower than this. Per block the IR loads the 16 or 32 quant
-bytes as one vector, widens them to 32 floats, multiplies by x, and adds into a 16-lane vector
-accumulator scaled by d (Q4_1 adds m * sum(x of the block) from a precomputed table). Every
-operation is explicit (fmuladd, a fixed halving tree for the final sum; no fast-math flags),
-so each output element has one rounding sequence, whatever the number of rows in the call.
+bytes as one vector, widens them to 32 floats and scales them (w = d * q + m, exact in f32: the
+same values `dequantize_rows` writes), then each x row adds w * x into two 16-lane accumulators.
+Every operation is explicit (fmuladd, a fixed halving tree for the final sum; no fast-math
+flags), so each output element has one rounding sequence, whatever the number of rows.
 """
 
-import numpy as np
 import llvmlite.binding as llvm
+import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
