@@ -17,9 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import kernels._env  # noqa: E402, F401, I001  (before NumPy: see kernels/_env.py)
+import numpy as np  # noqa: E402
+
 
 from engine import Engine, EngineConfig, SamplingParams, load_model  # noqa: E402
 from server.models import ember_home, pull  # noqa: E402

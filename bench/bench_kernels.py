@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import kernels._env  # noqa: E402, F401, I001  (before NumPy: see kernels/_env.py)
+import numpy as np  # noqa: E402
+
 
 from kernels import (apply_penalties, apply_rope, attention, matmul_rows, sample_rows,  # noqa: E402
                      silu_mul)

@@ -19,7 +19,7 @@ from engine.batch import StepBatch
 from engine.config import ModelConfig
 from engine.kv_cache import KVCache
 from engine.weights import LayerWeights, RowLayout, Weights, embed, linear
-from kernels import apply_rope, attention, silu_mul
+from kernels import apply_rope, attention, rms_norm_rows, silu_mul
 
 
 class Transformer:
@@ -74,8 +74,9 @@ def ffn_block(cfg: ModelConfig, lw: LayerWeights, x: np.ndarray, layout: RowLayo
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     """x / sqrt(mean(x^2) + eps) * w over the last axis; (N, C) f32."""
-    ms = np.mean(x * x, axis=-1, keepdims=True)  # (N, 1)
-    return x * (1.0 / np.sqrt(ms + eps)).astype(np.float32) * w  # (N, C)
+    out = np.empty_like(x)
+    rms_norm_rows(np.ascontiguousarray(x), w, eps, out)
+    return out
 
 
 def _project(h: np.ndarray, w: np.ndarray, b: np.ndarray | None, layout: RowLayout) -> np.ndarray:

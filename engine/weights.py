@@ -12,7 +12,7 @@ llama.cpp's interleaving permutation (for quantized rows too: a row's blocks mov
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,23 +23,21 @@ from kernels.quant import BLOCK_BYTES, QK, format_code
 @dataclass(frozen=True)
 class QuantMatrix:
     """A block-quantized (out, in) matrix: `data` (out, in / 32 * block bytes) uint8 in GGUF
-    layout, `fmt` one of kernels.quant.FORMATS."""
+    layout, `fmt` one of kernels.quant.FORMATS (`code` is its number for the kernels)."""
 
     data: np.ndarray
     fmt: str
+    code: int = field(init=False)
 
     def __post_init__(self):
         if self.data.dtype != np.uint8 or self.data.ndim != 2 or not self.data.flags.c_contiguous \
                 or self.data.shape[1] % BLOCK_BYTES[self.fmt]:
             raise ValueError(f"not a {self.fmt} matrix: {self.data.dtype} {self.data.shape}")
+        object.__setattr__(self, "code", format_code(self.fmt))
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.data.shape[0], self.data.shape[1] // BLOCK_BYTES[self.fmt] * QK
-
-    @property
-    def code(self) -> int:
-        return format_code(self.fmt)
 
 
 Matrix = np.ndarray | QuantMatrix
@@ -118,14 +116,16 @@ def linear(x: np.ndarray, w: Matrix, layout: RowLayout) -> np.ndarray:
     exactly PROMPT_TILE rows, each row at a slot fixed by its position, against f32 weights
     (a quantized matrix is dequantized into scratch once per call, for all its tiles).
     """
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not x.flags.c_contiguous:  # the kernels read rows as flat memory
+        x = np.ascontiguousarray(x)
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     nd = layout.n_decode
     if nd:
-        if isinstance(w, QuantMatrix):
-            qmatmul_rows(x[:nd], w.data, w.code, out[:nd])
+        xd, od = (x, out) if nd == len(x) else (x[:nd], out[:nd])
+        if type(w) is QuantMatrix:
+            qmatmul_rows(xd, w.data, w.code, od)
         else:
-            matmul_rows(x[:nd], w, out[:nd])
+            matmul_rows(xd, w, od)
     if not layout.tiles:
         return out
     wt = dequantize(w).T if isinstance(w, QuantMatrix) else w.T  # (in, out) f32

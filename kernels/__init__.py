@@ -3,9 +3,11 @@
 Imports nothing of ours outside kernels/. Used by: engine.
 """
 
+import kernels._env  # noqa: F401, I001  (first: thread settings before NumPy loads OpenBLAS)
 from kernels.activations import silu_mul
 from kernels.attention import attention
 from kernels.matmul import matmul_rows
+from kernels.norm import rms_norm_rows
 from kernels.penalties import apply_logit_bias, apply_penalties
 from kernels.quant import dequantize_rows, qmatmul_rows
 from kernels.rope import apply_rope
@@ -22,6 +24,7 @@ __all__ = [
     "filter_candidates",
     "matmul_rows",
     "qmatmul_rows",
+    "rms_norm_rows",
     "sample_rows",
     "silu_mul",
     "softmax_temperature",

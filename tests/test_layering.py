@@ -1,6 +1,8 @@
 """Imports flow one way: server -> engine -> kernels, server -> tokenizer (DESIGN.md)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +32,17 @@ def test_package_imports_only_what_it_may(package):
     for path in sorted((ROOT / package).glob("*.py")):
         bad = _imports(path) - ALLOWED[package]
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("module", ["server.__main__", "engine", "kernels"])
+def test_thread_settings_are_in_place_before_numpy_loads(module):
+    """kernels/_env.py must run before NumPy starts OpenBLAS, from every entry point."""
+    code = ("import sys\norder = []\n"
+            "class Spy:\n    def find_spec(self, name, path=None, target=None):\n"
+            "        order.append(name)\n"
+            "sys.meta_path.insert(0, Spy())\n"
+            f"import {module}\n"
+            "print(order.index('kernels._env') < order.index('numpy'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "True"
