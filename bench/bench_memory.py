@@ -6,8 +6,8 @@ Peak RSS: `ember serve --context C` answers `--requests` chat requests (8 at a t
 each, distinct prompts, so the prefix cache fills), then its high-water mark (VmHWM in
 /proc/PID/status: the whole process, mapped weight pages included) is read; llama.cpp
 (llama-cpp-python, same GGUF, n_ctx = C) answers the same chats one by one in a child process
-and reports its own VmHWM. The KV pool of ember is sized to the context (`--kv-cache-mb` for
-C tokens), like llama.cpp's, and the default 512 MB pool is measured too.
+and reports its own VmHWM. Both keep K and V in f16; ember's KV pool is sized to the context
+(`--kv-cache-mb` for C tokens), like llama.cpp's, and the default 512 MB pool is measured too.
 
 Start-up: wall time from launching `ember serve` to the first /health 200, median of --runs,
 with numba's on-disk kernel cache warm, and once with an empty cache (NUMBA_CACHE_DIR pointed
@@ -112,7 +112,6 @@ def llama_cpp_peak(model: Path, context: int, n_requests: int) -> float | None:
 
 
 def main() -> None:
-    from engine.config import ModelConfig  # noqa: F401  (fails early if the repo is not importable)
     from server.models import ember_home, pull
 
     ap = argparse.ArgumentParser()
@@ -123,13 +122,12 @@ def main() -> None:
     args = ap.parse_args()
     model = args.model or pull(ember_home())
 
-    # KV bytes per token: layers * 2 (K, V) * kv heads * head dim * 4 (f32)
+    from engine.config import ModelConfig
     from engine.gguf_file import GGUFFile
-    meta = GGUFFile(model).metadata
-    arch = meta["general.architecture"]
-    per_token = (meta[f"{arch}.block_count"] * 2 * meta[f"{arch}.attention.head_count_kv"]
-                 * meta[f"{arch}.embedding_length"] // meta[f"{arch}.attention.head_count"] * 4)
-    kv_mb = -(-args.context * per_token // 2**20)
+    from engine.kv_cache import KVCache
+    file = GGUFFile(model)
+    cfg = ModelConfig.from_gguf(file.metadata, set(file.tensors), None)
+    kv_mb = -(-args.context * KVCache.bytes_per_block(cfg, 16) // 16 // 2**20)
 
     warm = []
     for _ in range(args.runs):
@@ -148,10 +146,10 @@ def main() -> None:
     ours_default = ember_peak(model, args.context, args.requests, None)
     ref = llama_cpp_peak(model, args.context, args.requests)
     print(f"peak RSS after {args.requests} chat requests, context {args.context}:")
-    print(f"  ember, KV pool for the context ({kv_mb} MB f32): {ours:7.1f} MB")
-    print(f"  ember, default KV pool (512 MB):               {ours_default:7.1f} MB")
+    print(f"  ember, KV pool for the context ({kv_mb} MB):  {ours:7.1f} MB")
+    print(f"  ember, default KV pool (512 MB):        {ours_default:7.1f} MB")
     if ref:
-        print(f"  llama.cpp (f16 KV):                             {ref:7.1f} MB")
+        print(f"  llama.cpp:                              {ref:7.1f} MB")
         print(f"ratio ember / llama.cpp: {ours / ref:.2f}x (default pool {ours_default / ref:.2f}x)")
 
 

@@ -3,7 +3,8 @@
 Owns: `KVCache`. Imports: numpy, engine.config. Used by: engine.model (reads/writes a layer),
 engine.scheduler (allocates, shares and releases blocks), engine.runner (block tables).
 
-Memory is one preallocated pool, k and v (L, n_blocks, BS, Hkv, D) f32, sized by
+Memory is one preallocated pool, k and v (L, n_blocks, BS, Hkv, D) in IEEE half precision
+(stored as uint16 bit patterns; kernels.attention widens them), sized by
 `EngineConfig.kv_cache_mb`; a sequence holds a list of blocks (its block table) and position p
 lives in block p // BS at offset p % BS. A full block is registered under its tokens and the
 identity of the block before it, so a later request whose prompt starts with the same tokens
@@ -18,22 +19,24 @@ from collections import OrderedDict, deque
 
 import numpy as np
 
-from engine.config import ModelConfig
+from engine.config import ModelConfig, ModelError
 
 
-def _lazy_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """Zeroed f32 memory that the OS commits page by page as it is first written: an anonymous
-    map with transparent huge pages off. With them (np.zeros, on Linux) a block written in each
-    of the layers committed a 2 MB page per layer, so one short request made ~all of a
-    180 MB pool resident."""
-    buf = mmap.mmap(-1, int(np.prod(shape)) * 4)
+def _lazy_zeros(shape: tuple[int, ...], dtype=np.uint16) -> np.ndarray:
+    """Zeroed memory that the OS commits page by page as it is first written: an anonymous map
+    with transparent huge pages off. With them (np.zeros, on Linux) a block written in each of
+    the layers committed a 2 MB page per layer, so one short request made most of a pool
+    resident."""
+    buf = mmap.mmap(-1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
     if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux
         buf.madvise(mmap.MADV_NOHUGEPAGE)
-    return np.frombuffer(buf, np.float32).reshape(shape)
+    return np.frombuffer(buf, dtype).reshape(shape)
 
 
 class KVCache:
     def __init__(self, cfg: ModelConfig, n_blocks: int, block_size: int = 16):
+        if cfg.head_dim % 8:
+            raise ModelError(f"head_dim {cfg.head_dim} is not a multiple of 8 (the attention kernel's width)")
         shape = (cfg.n_layers, n_blocks, block_size, cfg.n_kv_heads, cfg.head_dim)
         self.k = _lazy_zeros(shape)
         self.v = _lazy_zeros(shape)
@@ -49,7 +52,7 @@ class KVCache:
 
     @staticmethod
     def bytes_per_block(cfg: ModelConfig, block_size: int = 16) -> int:
-        return 2 * cfg.n_layers * block_size * cfg.n_kv_heads * cfg.head_dim * 4
+        return 2 * cfg.n_layers * block_size * cfg.n_kv_heads * cfg.head_dim * 2  # K and V, f16
 
     @property
     def n_available(self) -> int:

@@ -56,8 +56,9 @@ def attention_block(m: Transformer, lw: LayerWeights, cache: KVCache, layer: int
     apply_rope(q, batch.positions, m.cos, m.sin)  # (N, H, D) in place
     apply_rope(k, batch.positions, m.cos, m.sin)  # (N, Hkv, D) in place
     k_layer, v_layer = cache.k[layer], cache.v[layer]  # (n_blocks, BS, Hkv, D) views
-    k_layer.reshape(-1, cfg.n_kv_heads, cfg.head_dim)[batch.kv_index] = k  # scatter by position
-    v_layer.reshape(-1, cfg.n_kv_heads, cfg.head_dim)[batch.kv_index] = v
+    # scatter by position, rounded to half precision (the cache's format)
+    k_layer.reshape(-1, cfg.n_kv_heads, cfg.head_dim)[batch.kv_index] = k.astype(np.float16).view(np.uint16)
+    v_layer.reshape(-1, cfg.n_kv_heads, cfg.head_dim)[batch.kv_index] = v.astype(np.float16).view(np.uint16)
     out = np.empty_like(q)  # (N, H, D)
     attention(q, k_layer, v_layer, batch.block_tables, batch.token_seq, batch.positions, m.scale,
               out)

@@ -1,13 +1,69 @@
-"""Causal grouped-query attention of a packed batch of tokens over a paged KV cache.
+"""Causal grouped-query attention of a packed batch of tokens over a paged f16 KV cache.
 
-Owns: `attention`. Imports: numpy, kernels._jit, kernels.expf. Used by: engine.model.
+Owns: `attention`. Imports: numpy, numba, llvmlite, kernels._ir, kernels._jit, kernels.expf.
+Used by: engine.model.
+
+The cache holds keys and values as IEEE half bit patterns (uint16: numba has no float16), half
+the memory of f32, as llama.cpp keeps them. The two inner loops, q . k over a cache row and
+acc += p * v, are LLVM-IR intrinsics that widen 8 halves per instruction (F16C / ARM) and
+accumulate in f32 with a fixed order.
 """
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
+from kernels._ir import F32, I64, array_data, check_contiguous, fmuladd, half_to_float, hsum
 from kernels._jit import jit
 from kernels.expf import exp_inplace
+
+_V8F = ir.VectorType(F32, 8)
+
+
+@intrinsic
+def _dot_half(typingctx, q, q_off, k, k_off, n):
+    """sum(q[q_off : q_off+n] * k[k_off : k_off+n]) for f32 q, f16-bit-pattern k; n % 8 == 0."""
+    check_contiguous(q, k)
+
+    def codegen(context, builder, sig, args):
+        qp, _ = array_data(context, builder, sig.args[0], args[0])
+        kp, _ = array_data(context, builder, sig.args[2], args[2])
+        q0 = builder.gep(qp, [builder.mul(args[1], ir.Constant(I64, 4))])
+        k0 = builder.gep(kp, [builder.mul(args[3], ir.Constant(I64, 2))])
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V8F, [0.0] * 8))
+        with cgutils.for_range(builder, builder.sdiv(args[4], ir.Constant(I64, 8))) as loop:
+            i = loop.index
+            qv = builder.load(builder.bitcast(builder.gep(q0, [builder.mul(i, ir.Constant(I64, 32))]),
+                                              _V8F.as_pointer()), align=4)
+            kv = half_to_float(builder, builder.gep(k0, [builder.mul(i, ir.Constant(I64, 16))]), 8)
+            builder.store(fmuladd(builder, qv, kv, builder.load(acc)), acc)
+        return hsum(builder, builder.load(acc))
+
+    return types.float32(q, types.intp, k, types.intp, types.intp), codegen
+
+
+@intrinsic
+def _axpy_half(typingctx, p, v, v_off, acc, acc_off, n):
+    """acc[acc_off : acc_off+n] += p * v[v_off : v_off+n] for f16-bit-pattern v; n % 8 == 0."""
+    check_contiguous(v, acc)
+
+    def codegen(context, builder, sig, args):
+        vp, _ = array_data(context, builder, sig.args[1], args[1])
+        ap, _ = array_data(context, builder, sig.args[3], args[3])
+        v0 = builder.gep(vp, [builder.mul(args[2], ir.Constant(I64, 2))])
+        a0 = builder.gep(ap, [builder.mul(args[4], ir.Constant(I64, 4))])
+        pv = builder.insert_element(ir.Constant(_V8F, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
+        pv = builder.shuffle_vector(pv, pv, ir.Constant(ir.VectorType(ir.IntType(32), 8), None))
+        with cgutils.for_range(builder, builder.sdiv(args[5], ir.Constant(I64, 8))) as loop:
+            i = loop.index
+            vv = half_to_float(builder, builder.gep(v0, [builder.mul(i, ir.Constant(I64, 16))]), 8)
+            ptr = builder.bitcast(builder.gep(a0, [builder.mul(i, ir.Constant(I64, 32))]), _V8F.as_pointer())
+            builder.store(fmuladd(builder, pv, vv, builder.load(ptr, align=4)), ptr, align=4)
+        return context.get_dummy_value()
+
+    return types.void(types.float32, v, types.intp, acc, types.intp, types.intp), codegen
 
 
 @jit(parallel=True, fastmath=True)
@@ -15,13 +71,13 @@ def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, ou
     """Write softmax(q k^T * scale) v for every (token, head) of the step into out.
 
     q (N, H, D) f32: queries of the step's tokens, RoPE already applied.
-    k_cache, v_cache (n_blocks, BS, Hkv, D) f32: one layer of the cache. This step's keys and
+    k_cache, v_cache (n_blocks, BS, Hkv, D) uint16 (f16 bits), C order: one layer of the cache. This step's keys and
         values must already be written, so token i sees positions 0..positions[i] of its
         sequence (causal masking is just this upper bound).
     block_tables (B, max_blocks) int64: position t of sequence s is at block
         block_tables[s, t // BS], offset t % BS.
     token_seq (N,), positions (N,) int64: each token's sequence and position.
-    out (N, H, D) f32, written. Query head h reads kv head h // (H / Hkv) (GQA).
+    out (N, H, D) f32, written. Query head h reads kv head h // (H / Hkv) (GQA). D % 8 == 0.
 
     A job is one (token, kv head): the query heads of its group read each K and V row once.
     Each (token, head) is computed on its own with a fixed reduction order, so a token's result
@@ -37,16 +93,13 @@ def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, ou
         table = block_tables[token_seq[i]]
         n_ctx = positions[i] + 1
         n_blocks = (n_ctx + block_size - 1) // block_size  # block by block: no division per position
-        qg = q[i, g * group:(g + 1) * group]  # (group, D)
         scores = np.empty((group, n_ctx), np.float32)
         for j in range(n_blocks):
             b = table[j]
             for o in range(min(block_size, n_ctx - j * block_size)):
-                k_row = k_cache[b, o, g]  # (D,)
+                k_off = ((b * block_size + o) * n_kv + g) * head_dim
                 for hh in range(group):
-                    s = np.float32(0.0)
-                    for d in range(head_dim):
-                        s += qg[hh, d] * k_row[d]
+                    s = _dot_half(q, (i * n_heads + g * group + hh) * head_dim, k_cache, k_off, head_dim)
                     scores[hh, j * block_size + o] = s * scale
         for hh in range(group):  # softmax numerators, in place
             row = scores[hh]
@@ -60,11 +113,9 @@ def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, ou
         for j in range(n_blocks):
             b = table[j]
             for o in range(min(block_size, n_ctx - j * block_size)):
-                v_row = v_cache[b, o, g]  # (D,)
+                v_off = ((b * block_size + o) * n_kv + g) * head_dim
                 for hh in range(group):
-                    p = scores[hh, j * block_size + o]
-                    for d in range(head_dim):
-                        acc[hh, d] += p * v_row[d]
+                    _axpy_half(scores[hh, j * block_size + o], v_cache, v_off, acc, hh * head_dim, head_dim)
         for hh in range(group):
             total = np.float32(0.0)
             for t in range(n_ctx):

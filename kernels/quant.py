@@ -1,7 +1,7 @@
 """Block-quantized matrices (GGUF Q4_0, Q4_1, Q8_0) read in place, never expanded at load.
 
 Owns: `BLOCK_BYTES`, `QK`, `qmatmul_rows`, `dequantize_rows`, `quantize_q8_0`, `dequantize_ref`.
-Imports: numpy, numba, llvmlite, kernels._jit. Used by: engine.weights (`linear`, embeddings),
+Imports: numpy, numba, llvmlite, kernels._ir, kernels._jit. Used by: engine.weights (`linear`, embeddings),
 engine.loader (`quantize_q8_0`).
 
 A quantized matrix is a uint8 array (out_features, in_features / 32 * block bytes): each row is
@@ -22,14 +22,13 @@ Every operation is explicit (fmuladd, a fixed halving tree for the final sum; no
 flags), so each output element has one rounding sequence, whatever the number of rows.
 """
 
-import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
-from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
+from kernels._ir import F32, I8, I64, check_contiguous, fmuladd, half_to_float, hsum, splat
 from kernels._jit import jit
 
 QK = 32  # weights per block, all three formats
@@ -37,37 +36,16 @@ BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
 FORMATS = tuple(BLOCK_BYTES)
 _CODE = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}  # the kernels take the format as a small int
 
-_F32, _I8, _I16, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-_V16F, _V16I8 = ir.VectorType(_F32, 16), ir.VectorType(_I8, 16)
-_NATIVE_HALF = "aarch64" in llvm.get_process_triple() or \
-    "+f16c" in llvm.get_host_cpu_features().flatten().split(",")
-
-
-def _splat(builder, value, vec_type):
-    undef = ir.Constant(vec_type, ir.Undefined)
-    one = builder.insert_element(undef, value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(_I32, vec_type.count), None))
-
-
-def _f16_to_f32(builder, ptr):
-    """Load an IEEE half at an i8* and widen it exactly. With F16C (x86) or on ARM the CPU
-    converts; elsewhere integer bit moves do it (normal and subnormal values)."""
-    if _NATIVE_HALF:
-        return builder.fpext(builder.load(builder.bitcast(ptr, ir.HalfType().as_pointer()), align=1), _F32)
-    h = builder.zext(builder.load(builder.bitcast(ptr, _I16.as_pointer()), align=1), _I32)
-    magnitude = builder.shl(builder.and_(h, ir.Constant(_I32, 0x7FFF)), ir.Constant(_I32, 13))
-    value = builder.fmul(builder.bitcast(magnitude, _F32), ir.Constant(_F32, 2.0 ** 112))
-    sign = builder.shl(builder.and_(h, ir.Constant(_I32, 0x8000)), ir.Constant(_I32, 16))
-    return builder.bitcast(builder.or_(builder.bitcast(value, _I32), sign), _F32)
+_V16F, _V16I8 = ir.VectorType(F32, 16), ir.VectorType(I8, 16)
 
 
 def _unpack_block(builder, fmt, blk):
     """One block at i8* blk -> (lo, hi): <16 x float> weights that multiply x[0:16], x[16:32]."""
     def load16(offset):
-        ptr = builder.gep(blk, [ir.Constant(_I64, offset)])
+        ptr = builder.gep(blk, [ir.Constant(I64, offset)])
         return builder.load(builder.bitcast(ptr, _V16I8.as_pointer()), align=1)
 
-    d = _splat(builder, _f16_to_f32(builder, blk), _V16F)
+    d = splat(builder, half_to_float(builder, blk), _V16F)
     if fmt == "Q8_0":
         return (builder.fmul(builder.sitofp(load16(2), _V16F), d),
                 builder.fmul(builder.sitofp(load16(18), _V16F), d))
@@ -75,37 +53,12 @@ def _unpack_block(builder, fmt, blk):
     lo = builder.and_(qs, ir.Constant(_V16I8, [15] * 16))
     hi = builder.lshr(qs, ir.Constant(_V16I8, [4] * 16))
     if fmt == "Q4_1":
-        m = _splat(builder, _f16_to_f32(builder, builder.gep(blk, [ir.Constant(_I64, 2)])), _V16F)
-        return (_fmuladd(builder, builder.uitofp(lo, _V16F), d, m),
-                _fmuladd(builder, builder.uitofp(hi, _V16F), d, m))
+        m = splat(builder, half_to_float(builder, builder.gep(blk, [ir.Constant(I64, 2)])), _V16F)
+        return (fmuladd(builder, builder.uitofp(lo, _V16F), d, m),
+                fmuladd(builder, builder.uitofp(hi, _V16F), d, m))
     eight = ir.Constant(_V16I8, [8] * 16)
     return (builder.fmul(builder.sitofp(builder.sub(lo, eight), _V16F), d),
             builder.fmul(builder.sitofp(builder.sub(hi, eight), _V16F), d))
-
-
-def _fmuladd(builder, a, b, c):
-    suffix = f"v{a.type.count}f32" if isinstance(a.type, ir.VectorType) else "f32"
-    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3),
-                                        f"llvm.fmuladd.{suffix}")
-    return builder.call(fn, [a, b, c])
-
-
-def _hsum(builder, v):
-    """Sum a <16 x float> by halving: a fixed order, so a fixed rounding."""
-    n = v.type.count
-    while n > 1:
-        n //= 2
-        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n))))
-        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, n), list(range(n, 2 * n))))
-        v = builder.fadd(lo, hi)
-    return builder.extract_element(v, ir.Constant(_I32, 0))
-
-
-def _check_contiguous(*arrays):
-    """The IR addresses rows as flat memory: refuse (at compile time) arrays that are not C order."""
-    for a in arrays:
-        if not (isinstance(a, types.Array) and a.layout == "C" and a.ndim == 2):
-            raise TypingError(f"quantized kernels need 2-d C-contiguous arrays, got {a}")
 
 
 def _make_block_dots(fmt: str, n_rows: int):
@@ -123,10 +76,10 @@ def _make_block_dots(fmt: str, n_rows: int):
         o, r0 = args[1], args[3]
         k_dim = builder.extract_value(x_arr.shape, 1)
         n_out = builder.extract_value(out_arr.shape, 1)
-        n_blocks = builder.sdiv(k_dim, ir.Constant(_I64, QK))
-        row_bytes = builder.mul(n_blocks, ir.Constant(_I64, bbytes))
-        w_row = builder.gep(builder.bitcast(w_arr.data, _I8.as_pointer()), [builder.mul(o, row_bytes)])
-        x_rows = [builder.gep(x_arr.data, [builder.mul(builder.add(r0, ir.Constant(_I64, i)), k_dim)])
+        n_blocks = builder.sdiv(k_dim, ir.Constant(I64, QK))
+        row_bytes = builder.mul(n_blocks, ir.Constant(I64, bbytes))
+        w_row = builder.gep(builder.bitcast(w_arr.data, I8.as_pointer()), [builder.mul(o, row_bytes)])
+        x_rows = [builder.gep(x_arr.data, [builder.mul(builder.add(r0, ir.Constant(I64, i)), k_dim)])
                   for i in range(n_rows)]
 
         # for b in range(n_blocks): unpack block b once, then for each row two fmuladds into
@@ -135,24 +88,24 @@ def _make_block_dots(fmt: str, n_rows: int):
         loop = builder.append_basic_block("blocks")
         done = builder.append_basic_block("blocks_done")
         zero = ir.Constant(_V16F, [0.0] * 16)
-        builder.cbranch(builder.icmp_signed(">", n_blocks, ir.Constant(_I64, 0)), loop, done)
+        builder.cbranch(builder.icmp_signed(">", n_blocks, ir.Constant(I64, 0)), loop, done)
 
         builder.position_at_end(loop)
-        b = builder.phi(_I64)
+        b = builder.phi(I64)
         accs = [builder.phi(_V16F) for _ in range(n_rows)]
-        w_lo, w_hi = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(_I64, bbytes))]))
+        w_lo, w_hi = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(I64, bbytes))]))
         new_accs = []
         for i in range(n_rows):
-            x_lo = builder.gep(x_rows[i], [builder.mul(b, ir.Constant(_I64, QK))])
-            x_hi = builder.gep(x_lo, [ir.Constant(_I64, 16)])
+            x_lo = builder.gep(x_rows[i], [builder.mul(b, ir.Constant(I64, QK))])
+            x_hi = builder.gep(x_lo, [ir.Constant(I64, 16)])
             acc = accs[i]
             for w_half, x_half in ((w_lo, x_lo), (w_hi, x_hi)):
                 xv = builder.load(builder.bitcast(x_half, _V16F.as_pointer()), align=4)
-                acc = _fmuladd(builder, w_half, xv, acc)
+                acc = fmuladd(builder, w_half, xv, acc)
             new_accs.append(acc)
-        b_next = builder.add(b, ir.Constant(_I64, 1))
+        b_next = builder.add(b, ir.Constant(I64, 1))
         body_end = builder.block
-        b.add_incoming(ir.Constant(_I64, 0), entry)
+        b.add_incoming(ir.Constant(I64, 0), entry)
         b.add_incoming(b_next, body_end)
         for acc, new in zip(accs, new_accs):
             acc.add_incoming(zero, entry)
@@ -167,14 +120,14 @@ def _make_block_dots(fmt: str, n_rows: int):
             acc.add_incoming(new, body_end)
             finals.append(acc)
         for i in range(n_rows):
-            total = _hsum(builder, finals[i])
-            r = builder.add(r0, ir.Constant(_I64, i))
+            total = hsum(builder, finals[i])
+            r = builder.add(r0, ir.Constant(I64, i))
             builder.store(total, builder.gep(out_arr.data, [builder.add(builder.mul(r, n_out), o)]))
         return context.get_dummy_value()
 
     @intrinsic
     def block_dots(typingctx, w, o, x, r0, out):
-        _check_contiguous(w, x, out)
+        check_contiguous(w, x, out)
         return types.void(w, o, x, r0, out), codegen
 
     return block_dots
@@ -190,21 +143,21 @@ def _make_dequantize(fmt: str):
         out_arr = context.make_array(out_t)(context, builder, args[2])
         o, i = args[1], args[3]
         k_dim = builder.extract_value(out_arr.shape, 1)
-        n_blocks = builder.sdiv(k_dim, ir.Constant(_I64, QK))
-        w_row = builder.gep(builder.bitcast(w_arr.data, _I8.as_pointer()),
-                            [builder.mul(o, builder.mul(n_blocks, ir.Constant(_I64, bbytes)))])
+        n_blocks = builder.sdiv(k_dim, ir.Constant(I64, QK))
+        w_row = builder.gep(builder.bitcast(w_arr.data, I8.as_pointer()),
+                            [builder.mul(o, builder.mul(n_blocks, ir.Constant(I64, bbytes)))])
         out_row = builder.gep(out_arr.data, [builder.mul(i, k_dim)])
         with cgutils.for_range(builder, n_blocks) as loop:
             b = loop.index
-            w_lo, w_hi = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(_I64, bbytes))]))
-            dst = builder.gep(out_row, [builder.mul(b, ir.Constant(_I64, QK))])
+            w_lo, w_hi = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(I64, bbytes))]))
+            dst = builder.gep(out_row, [builder.mul(b, ir.Constant(I64, QK))])
             builder.store(w_lo, builder.bitcast(dst, _V16F.as_pointer()), align=4)
-            builder.store(w_hi, builder.bitcast(builder.gep(dst, [ir.Constant(_I64, 16)]), _V16F.as_pointer()), align=4)
+            builder.store(w_hi, builder.bitcast(builder.gep(dst, [ir.Constant(I64, 16)]), _V16F.as_pointer()), align=4)
         return context.get_dummy_value()
 
     @intrinsic
     def dequantize_row(typingctx, w, o, out, i):
-        _check_contiguous(w, out)
+        check_contiguous(w, out)
         return types.void(w, o, out, i), codegen
 
     return dequantize_row

@@ -1,4 +1,4 @@
-"""kernels.attention and kernels.rope against NumPy references."""
+"""kernels.attention (over an f16 cache) and kernels.rope against NumPy references."""
 
 import numpy as np
 import pytest
@@ -7,6 +7,9 @@ from kernels import apply_rope, attention, silu_mul
 
 
 def attention_reference(q, k_cache, v_cache, tables, token_seq, positions, scale):
+    """softmax(q k^T scale) v in float64, the cache given as f16 bit patterns."""
+    k_cache = k_cache.view(np.float16).astype(np.float64)
+    v_cache = v_cache.view(np.float16).astype(np.float64)
     n, h, d = q.shape
     group = h // k_cache.shape[2]
     out = np.zeros_like(q)
@@ -22,10 +25,10 @@ def attention_reference(q, k_cache, v_cache, tables, token_seq, positions, scale
 
 
 def _paged(rng, n_seqs, max_len, n_kv_heads, d, bs=8):
-    """A cache whose sequences own shuffled, non-contiguous blocks."""
+    """An f16 cache (uint16 bit patterns) whose sequences own shuffled, non-contiguous blocks."""
     per = -(-max_len // bs)
-    k = rng.standard_normal((n_seqs * per + 3, bs, n_kv_heads, d)).astype(np.float32)
-    v = rng.standard_normal(k.shape).astype(np.float32)
+    k = rng.standard_normal((n_seqs * per + 3, bs, n_kv_heads, d)).astype(np.float16).view(np.uint16)
+    v = rng.standard_normal(k.shape).astype(np.float16).view(np.uint16)
     tables = rng.permutation(len(k))[: n_seqs * per].reshape(n_seqs, per).astype(np.int64)
     return k, v, tables
 
@@ -41,7 +44,7 @@ def test_attention_matches_reference(n_heads, n_kv_heads):
     q = rng.standard_normal((len(token_seq), n_heads, d)).astype(np.float32)
     out = np.empty_like(q)
     attention(q, k_cache, v_cache, tables, token_seq, positions, np.float32(d**-0.5), out)
-    ref = attention_reference(q, k_cache, v_cache, tables, token_seq, positions, d**-0.5)
+    ref = attention_reference(q.astype(np.float64), k_cache, v_cache, tables, token_seq, positions, d**-0.5)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -88,3 +91,36 @@ def test_silu_mul_matches_reference_and_survives_extremes():
         ref = g / (1 + np.exp(-g)) * 2.0
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
     assert np.isfinite(out).all()
+
+
+def test_half_widening_without_f16c_is_exact():
+    """The integer fallback of kernels._ir.half_to_float (CPUs without F16C) against NumPy,
+    for every finite half: normal, subnormal, zero, negative."""
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic
+
+    from kernels._ir import F32, I64, array_data, half_to_float
+
+    @intrinsic
+    def widen8(typingctx, src, dst, i):
+        def codegen(context, builder, sig, args):
+            sp, _ = array_data(context, builder, sig.args[0], args[0])
+            dp, _ = array_data(context, builder, sig.args[1], args[1])
+            v = half_to_float(builder, builder.gep(sp, [builder.mul(args[2], ir.Constant(I64, 16))]), 8,
+                              native=False)
+            ptr = builder.gep(dp, [builder.mul(args[2], ir.Constant(I64, 32))])
+            builder.store(v, builder.bitcast(ptr, ir.VectorType(F32, 8).as_pointer()), align=4)
+            return context.get_dummy_value()
+        return types.void(src, dst, i), codegen
+
+    @njit
+    def widen(src, dst):
+        for i in range(src.shape[0] // 8):
+            widen8(src, dst, i)
+
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    finite = np.isfinite(bits.view(np.float16))
+    out = np.empty(65536, np.float32)
+    widen(bits, out)
+    assert np.array_equal(out[finite], bits.view(np.float16)[finite].astype(np.float32))

@@ -1,0 +1,88 @@
+"""LLVM-IR building blocks for the few kernels numba's vectorizer cannot write well.
+
+Owns: the IR types, `splat`, `fmuladd`, `hsum`, `half_to_float`, `array_data`, `check_contiguous`.
+Imports: llvmlite, numba. Used by: kernels.quant (block-quantized dots), kernels.attention
+(f16 KV-cache rows).
+
+Kernels that need explicit vectors are numba `intrinsic`s whose codegen uses these helpers.
+Every floating-point step is explicit (no fast-math flags: fmuladd, a fixed halving tree for
+sums), so a result has one rounding sequence wherever and however often it is computed.
+"""
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+
+F32, I8, I16, I32, I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+
+# Halves convert in one instruction with F16C (x86) and on ARM; elsewhere with integer moves.
+NATIVE_HALF = "aarch64" in llvm.get_process_triple() or \
+    "+f16c" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+def const(value: int) -> ir.Constant:
+    return ir.Constant(I64, value)
+
+
+def splat(builder, value, vec_type):
+    """A vector with every lane = value."""
+    undef = ir.Constant(vec_type, ir.Undefined)
+    one = builder.insert_element(undef, value, ir.Constant(I32, 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(I32, vec_type.count), None))
+
+
+def fmuladd(builder, a, b, c):
+    """a * b + c (fused where the CPU has FMA), scalars or f32 vectors."""
+    suffix = f"v{a.type.count}f32" if isinstance(a.type, ir.VectorType) else "f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3),
+                                        f"llvm.fmuladd.{suffix}")
+    return builder.call(fn, [a, b, c])
+
+
+def hsum(builder, v):
+    """Sum a float vector by halving: a fixed order, so a fixed rounding."""
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(n))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(n, 2 * n))))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, ir.Constant(I32, 0))
+
+
+def half_to_float(builder, ptr, n: int = 1, native: bool = NATIVE_HALF):
+    """Load n IEEE halves at i8* ptr and widen them exactly to f32 (a float if n == 1, else a
+    vector). Without native conversion: magnitude bits moved into an f32 exponent/mantissa and
+    rescaled by 2^112, which is exact for normal and subnormal halves (inf/nan become large
+    finite numbers)."""
+    ity = I16 if n == 1 else ir.VectorType(I16, n)
+    fty = F32 if n == 1 else ir.VectorType(F32, n)
+    if native:
+        hty = ir.HalfType() if n == 1 else ir.VectorType(ir.HalfType(), n)
+        return builder.fpext(builder.load(builder.bitcast(ptr, hty.as_pointer()), align=2 if n > 1 else 1), fty)
+
+    def c(v):
+        return ir.Constant(I32, v) if n == 1 else ir.Constant(ir.VectorType(I32, n), [v] * n)
+
+    bits = builder.zext(builder.load(builder.bitcast(ptr, ity.as_pointer()), align=1),
+                        I32 if n == 1 else ir.VectorType(I32, n))
+    magnitude = builder.shl(builder.and_(bits, c(0x7FFF)), c(13))
+    sign = builder.shl(builder.and_(bits, c(0x8000)), c(16))
+    scale = ir.Constant(F32, 2.0 ** 112) if n == 1 else ir.Constant(fty, [2.0 ** 112] * n)
+    value = builder.fmul(builder.bitcast(magnitude, fty), scale)
+    return builder.bitcast(builder.or_(builder.bitcast(value, bits.type), sign), fty)
+
+
+def array_data(context, builder, array_type, value):
+    """(i8* to the first element, the numba array struct) of an array argument."""
+    arr = context.make_array(array_type)(context, builder, value)
+    return builder.bitcast(arr.data, I8.as_pointer()), arr
+
+
+def check_contiguous(*arrays, ndim: int | None = None):
+    """The IR addresses arrays as flat memory: refuse (at compile time) arrays not in C order."""
+    for a in arrays:
+        if not (isinstance(a, types.Array) and a.layout == "C" and (ndim is None or a.ndim == ndim)):
+            raise TypingError(f"this kernel needs C-contiguous arrays, got {a}")
