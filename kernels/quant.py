@@ -45,7 +45,12 @@ def _unpack_block(builder, fmt, blk):
         ptr = builder.gep(blk, [ir.Constant(I64, offset)])
         return builder.load(builder.bitcast(ptr, _V16I8.as_pointer()), align=1)
 
-    d = splat(builder, half_to_float(builder, blk), _V16F)
+    if fmt == "Q4_1":  # d and m side by side: one load, one conversion
+        dm = half_to_float(builder, blk, 2)
+        d = splat(builder, builder.extract_element(dm, ir.Constant(ir.IntType(32), 0)), _V16F)
+        m2 = splat(builder, builder.extract_element(dm, ir.Constant(ir.IntType(32), 1)), _V16F)
+    else:
+        d = splat(builder, half_to_float(builder, blk), _V16F)
     if fmt == "Q8_0":
         return (builder.fmul(builder.sitofp(load16(2), _V16F), d),
                 builder.fmul(builder.sitofp(load16(18), _V16F), d))
@@ -53,7 +58,7 @@ def _unpack_block(builder, fmt, blk):
     lo = builder.and_(qs, ir.Constant(_V16I8, [15] * 16))
     hi = builder.lshr(qs, ir.Constant(_V16I8, [4] * 16))
     if fmt == "Q4_1":
-        m = splat(builder, half_to_float(builder, builder.gep(blk, [ir.Constant(I64, 2)])), _V16F)
+        m = m2
         return (fmuladd(builder, builder.uitofp(lo, _V16F), d, m),
                 fmuladd(builder, builder.uitofp(hi, _V16F), d, m))
     eight = ir.Constant(_V16I8, [8] * 16)
