@@ -17,8 +17,9 @@ import kernels._env  # noqa: E402, F401, I001  (before NumPy: see kernels/_env.p
 import numpy as np  # noqa: E402
 
 
-from kernels import (apply_penalties, apply_rope, attention, matmul_rows, sample_rows,  # noqa: E402
-                     silu_mul)
+from kernels import (apply_penalties, apply_rope, attention, matmul_rows, qmatmul_rows,  # noqa: E402
+                     rms_norm_rows, sample_rows, silu_mul)
+from kernels.quant import BLOCK_BYTES, format_code, quantize_q8_0  # noqa: E402
 
 H, HKV, D, V, F = 9, 3, 64, 49152, 1536  # SmolLM2-135M
 
@@ -35,8 +36,8 @@ def timed(fn, repeat=50) -> float:
 
 def bench_attention(n_tokens: int, n_ctx: int, block_size: int = 16) -> None:
     rng = np.random.default_rng(0)
-    k = rng.standard_normal((1024 // block_size, block_size, HKV, D)).astype(np.float32)
-    v = k.copy()
+    k = rng.standard_normal((1024 // block_size, block_size, HKV, D)).astype(np.float16).view(np.uint16)
+    v = k.copy()  # the cache keeps f16 bit patterns
     tables = np.arange(1024 // block_size, dtype=np.int64)[None]  # one sequence, blocks in order
     q = rng.standard_normal((n_tokens, H, D)).astype(np.float32)
     out = np.empty_like(q)
@@ -59,7 +60,36 @@ def bench_matmul(n_rows: int) -> None:
           f"{size / t / 1e9:5.1f} GB/s  {2 * n_rows * size / 4 / t / 1e9:5.1f} GFLOP/s")
 
 
+def bench_qmatmul(n_rows: int, fmt: str) -> None:
+    """The body's matrices (30 layers of SmolLM2) in a block format; Q4 blocks are random bytes
+    with sane scales (timing does not depend on the values)."""
+    rng = np.random.default_rng(5)
+    shapes = [(F, D * H), (F, D * H), (D * H, F), (D * H, D * H), (D * H, D * H), (D * HKV, D * H),
+              (D * HKV, D * H)] * 30
+    ws = []
+    for o, k in shapes:
+        if fmt == "Q8_0":
+            ws.append(quantize_q8_0(rng.standard_normal((o, k)).astype(np.float32)))
+            continue
+        blocks = rng.integers(0, 256, (o, k // 32, BLOCK_BYTES[fmt]), dtype=np.uint8)
+        blocks[..., 0:2] = np.array([0.01], np.float16).view(np.uint8)
+        if fmt == "Q4_1":
+            blocks[..., 2:4] = np.array([-0.05], np.float16).view(np.uint8)
+        ws.append(blocks.reshape(o, -1))
+    xs = {k: rng.standard_normal((n_rows, k)).astype(np.float32) for k in (D * H, F)}
+    outs = [np.empty((n_rows, o), np.float32) for o, _ in shapes]
+    code = format_code(fmt)
+    t = timed(lambda: [qmatmul_rows(xs[k], w, code, out) for w, (_, k), out in zip(ws, shapes, outs)], 10)
+    size = sum(w.nbytes for w in ws)
+    macs = n_rows * sum(o * k for o, k in shapes)
+    print(f"qmatmul_rows {fmt} R={n_rows} over {size / 1e6:.0f} MB of blocks: {t * 1e3:7.2f} ms  "
+          f"{size / t / 1e9:5.1f} GB/s  {2 * macs / t / 1e9:5.1f} GFLOP/s")
+
+
 def main() -> None:
+    for fmt in ("Q4_1", "Q8_0"):
+        bench_qmatmul(1, fmt)
+        bench_qmatmul(8, fmt)
     bench_matmul(1)
     bench_matmul(8)
     bench_attention(1, 128)
@@ -78,6 +108,12 @@ def main() -> None:
     out = np.empty_like(g)
     t = timed(lambda: silu_mul(g, u, out))
     print(f"silu_mul N=512 F={F}: {t * 1e3:8.3f} ms  {3 * g.nbytes / t / 1e9:6.1f} GB/s")
+    t = timed(lambda: silu_mul(g[:1], u[:1], out[:1]), 200)
+    print(f"silu_mul N=1 F={F}: {t * 1e6:8.1f} us")
+    h = g[:, :D * H].copy()
+    hn = np.empty_like(h)
+    t = timed(lambda: rms_norm_rows(h[:1], h[0], 1e-5, hn[:1]), 200)
+    print(f"rms_norm_rows N=1 C={D * H}: {t * 1e6:8.1f} us")
 
     logits = np.random.default_rng(3).standard_normal((8, V)).astype(np.float32) * 3
     ids = np.empty(8, np.int64)

@@ -28,16 +28,14 @@ class QuantMatrix:
     data: np.ndarray
     fmt: str
     code: int = field(init=False)
+    shape: tuple[int, int] = field(init=False)  # (out, in), like an ndarray's
 
     def __post_init__(self):
         if self.data.dtype != np.uint8 or self.data.ndim != 2 or not self.data.flags.c_contiguous \
                 or self.data.shape[1] % BLOCK_BYTES[self.fmt]:
             raise ValueError(f"not a {self.fmt} matrix: {self.data.dtype} {self.data.shape}")
         object.__setattr__(self, "code", format_code(self.fmt))
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.data.shape[0], self.data.shape[1] // BLOCK_BYTES[self.fmt] * QK
+        object.__setattr__(self, "shape", (self.data.shape[0], self.data.shape[1] // BLOCK_BYTES[self.fmt] * QK))
 
 
 Matrix = np.ndarray | QuantMatrix
@@ -116,9 +114,8 @@ def linear(x: np.ndarray, w: Matrix, layout: RowLayout) -> np.ndarray:
     exactly PROMPT_TILE rows, each row at a slot fixed by its position, against f32 weights
     (a quantized matrix is dequantized into scratch once per call, for all its tiles).
     """
-    if not x.flags.c_contiguous:  # the kernels read rows as flat memory
-        x = np.ascontiguousarray(x)
-    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    x = np.ascontiguousarray(x)  # the kernels read rows as flat memory (no copy if they are)
+    out = np.empty((len(x), w.shape[0]), np.float32)
     nd = layout.n_decode
     if nd:
         xd, od = (x, out) if nd == len(x) else (x[:nd], out[:nd])
@@ -126,8 +123,8 @@ def linear(x: np.ndarray, w: Matrix, layout: RowLayout) -> np.ndarray:
             qmatmul_rows(xd, w.data, w.code, od)
         else:
             matmul_rows(xd, w, od)
-    if not layout.tiles:
-        return out
+        if not layout.tiles:
+            return out
     wt = dequantize(w).T if isinstance(w, QuantMatrix) else w.T  # (in, out) f32
     for runs in layout.tiles:
         (slot, row, n), = runs if len(runs) == 1 else [(-1, 0, 0)]
