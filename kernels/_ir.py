@@ -61,7 +61,7 @@ def half_to_float(builder, ptr, n: int = 1, native: bool = NATIVE_HALF):
     fty = F32 if n == 1 else ir.VectorType(F32, n)
     if native:
         hty = ir.HalfType() if n == 1 else ir.VectorType(ir.HalfType(), n)
-        return builder.fpext(builder.load(builder.bitcast(ptr, hty.as_pointer()), align=2 if n > 1 else 1), fty)
+        return builder.fpext(builder.load(builder.bitcast(ptr, hty.as_pointer()), align=1), fty)
 
     def c(v):
         return ir.Constant(I32, v) if n == 1 else ir.Constant(ir.VectorType(I32, n), [v] * n)

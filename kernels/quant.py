@@ -1,6 +1,7 @@
 """Block-quantized matrices (GGUF Q4_0, Q4_1, Q8_0) read in place, never expanded at load.
 
-Owns: `BLOCK_BYTES`, `QK`, `qmatmul_rows`, `dequantize_rows`, `quantize_q8_0`, `dequantize_ref`.
+Owns: `QK`, `BLOCK_BYTES`, `FORMATS`, `format_code`, `qmatmul_rows`, `dequantize_rows`,
+`dequantize_ref`, `quantize_q8_0`.
 Imports: numpy, numba, llvmlite, kernels._ir, kernels._jit. Used by: engine.weights (`linear`, embeddings),
 engine.loader (`quantize_q8_0`).
 
@@ -17,7 +18,7 @@ The inner loop is written in LLVM IR (a numba `intrinsic`), because numba's loop
 not handle 16-element blocks with a scale between them: it fully unrolls them and then vectorizes
 across blocks with gathers, 5-10x slower than this. Per block the IR loads the 16 or 32 quant
 bytes as one vector, widens them to 32 floats and scales them (w = d * q + m, exact in f32: the
-same values `dequantize_rows` writes), then each x row adds w * x into two 16-lane accumulators.
+same values `dequantize_rows` writes), then each x row adds w * x into its 16-lane accumulator.
 Every operation is explicit (fmuladd, a fixed halving tree for the final sum; no fast-math
 flags), so each output element has one rounding sequence, whatever the number of rows.
 """
@@ -28,7 +29,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels._ir import F32, I8, I64, check_contiguous, fmuladd, half_to_float, hsum, splat
+from kernels._ir import F32, I8, I32, I64, check_contiguous, fmuladd, half_to_float, hsum, splat
 from kernels._jit import jit
 
 QK = 32  # weights per block, all three formats
@@ -47,8 +48,7 @@ def _unpack_block(builder, fmt, blk):
 
     if fmt == "Q4_1":  # d and m side by side: one load, one conversion
         dm = half_to_float(builder, blk, 2)
-        d = splat(builder, builder.extract_element(dm, ir.Constant(ir.IntType(32), 0)), _V16F)
-        m2 = splat(builder, builder.extract_element(dm, ir.Constant(ir.IntType(32), 1)), _V16F)
+        d, m = (splat(builder, builder.extract_element(dm, ir.Constant(I32, k)), _V16F) for k in (0, 1))
     else:
         d = splat(builder, half_to_float(builder, blk), _V16F)
     if fmt == "Q8_0":
@@ -58,7 +58,6 @@ def _unpack_block(builder, fmt, blk):
     lo = builder.and_(qs, ir.Constant(_V16I8, [15] * 16))
     hi = builder.lshr(qs, ir.Constant(_V16I8, [4] * 16))
     if fmt == "Q4_1":
-        m = m2
         return (fmuladd(builder, builder.uitofp(lo, _V16F), d, m),
                 fmuladd(builder, builder.uitofp(hi, _V16F), d, m))
     eight = ir.Constant(_V16I8, [8] * 16)
