@@ -29,6 +29,21 @@ def test_generate_streams_the_greedy_answer(home, smol, capsys):
     assert "generated at" in err and "tok/s" in err
 
 
+def test_generate_on_the_f32_reference_path_gives_the_same_greedy_answer(home, smol, capsys):
+    """`--weights f32` expands the Q4_1 blocks (the reference path, 4 bytes per weight): a
+    greedy answer must not change with the weights' format in memory."""
+    chat = GOLDEN["chats"][0]
+    assert main(["generate", chat["messages"][0]["content"], "--chat", "--temperature", "0",
+                 "--max-tokens", "16", "--weights", "f32"]) == 0
+    reference = capsys.readouterr().out
+    assert main(["generate", chat["messages"][0]["content"], "--chat", "--temperature", "0",
+                 "--max-tokens", "16"]) == 0
+    assert capsys.readouterr().out == reference and reference
+    with pytest.raises(SystemExit):
+        main(["generate", "hi", "--weights", "q3"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_generate_is_reproducible_with_a_seed(home, capsys):
     args = ["generate", "Once upon a time", "--max-tokens", "12", "--seed", "7", "--top-p", "0.9"]
     main(args)
