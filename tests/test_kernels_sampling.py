@@ -133,3 +133,35 @@ def test_empirical_frequencies_match_the_filtered_distribution():
     chi2 = (((counts[kept] - n * expected[kept]) ** 2) / (n * expected[kept])).sum()
     # 99.9th percentile of chi-square with n_keep - 1 degrees of freedom is below 30 for <= 9 dof
     assert n_keep - 1 <= 9 and chi2 < 30, (chi2, n_keep)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.9, 0.95, 0.999])
+@pytest.mark.parametrize("shape", ["peaked", "flat"])
+def test_top_p_on_a_full_vocabulary_matches_the_definition(p, shape):
+    """The nucleus search sorts only the tokens above a floor; on 49152 tokens (a peaked and an
+    almost flat distribution) it must keep exactly the smallest sorted prefix reaching p."""
+    rng = np.random.default_rng(7)
+    logits = rng.standard_normal(49152) * (4.0 if shape == "peaked" else 0.3)
+    probs = np.exp(logits - logits.max())
+    probs = (probs / probs.sum()).astype(np.float32)
+    ids, n_keep = filter_candidates(probs, 0, np.float32(p), np.float32(0))
+    order = np.argsort(-probs, kind="stable")
+    cum = np.cumsum(probs[order].astype(np.float64))
+    expected = int(np.searchsorted(cum, np.float32(p) * cum[-1]) + 1)
+    assert n_keep == expected
+    assert list(ids[:n_keep]) == list(order[:n_keep])
+
+
+@pytest.mark.parametrize("k", [1, 40, 1000])
+@pytest.mark.parametrize("shape", ["peaked", "flat", "ties"])
+def test_top_k_on_a_full_vocabulary_matches_the_definition(k, shape):
+    rng = np.random.default_rng(8)
+    if shape == "ties":
+        probs = np.full(49152, 1.0 / 49152, np.float32)  # every token tied: lowest ids win
+    else:
+        logits = rng.standard_normal(49152) * (4.0 if shape == "peaked" else 0.3)
+        probs = np.exp(logits - logits.max())
+        probs = (probs / probs.sum()).astype(np.float32)
+    ids, n_keep = filter_candidates(probs, k, np.float32(1.0), np.float32(0))
+    order = np.argsort(-probs, kind="stable")
+    assert n_keep == k and list(ids[:k]) == list(order[:k])
