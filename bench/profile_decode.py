@@ -28,7 +28,6 @@ from engine import Engine, EngineConfig, SamplingParams, load_model  # noqa: E40
 from server.models import ember_home, pull  # noqa: E402
 
 TIMES: dict[str, float] = defaultdict(float)
-TEMPERATURE = 0.0
 
 
 def timed(name_of, fn):
@@ -53,9 +52,9 @@ def instrument(weights) -> None:
     runner.StepBatch.pack = timed(lambda *a, **k: "batch packing", runner.StepBatch.pack)
 
 
-def run(engine: Engine, n_seqs: int, n_tokens: int) -> tuple[float, int]:
+def run(engine: Engine, n_seqs: int, n_tokens: int, temperature: float) -> tuple[float, int]:
     rng = np.random.default_rng(n_seqs)
-    params = SamplingParams(temperature=TEMPERATURE, max_tokens=n_tokens, ignore_eos=True, seed=n_seqs)
+    params = SamplingParams(temperature=temperature, max_tokens=n_tokens, ignore_eos=True, seed=n_seqs)
     for i in range(n_seqs):
         engine.add_request(f"r{i}", rng.integers(100, 40000, 16).tolist(), params)
     while engine.scheduler.waiting or any(r.n_computed < len(r.prompt_ids) for r in engine.scheduler.running):
@@ -90,16 +89,14 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     args = ap.parse_args()
-    global TEMPERATURE
-    TEMPERATURE = args.temperature
     path = args.model or pull(ember_home())
     cfg, weights = load_model(path)
     engine = Engine(cfg, weights, EngineConfig(max_seqs=8, max_seq_len=1024))
     engine.warmup()
     instrument(weights)
     for n_seqs in (1, 8):
-        run(engine, n_seqs, 4)  # warm the wrappers' paths
-        total, steps = run(engine, n_seqs, args.tokens)
+        run(engine, n_seqs, 4, args.temperature)  # warm the wrappers' paths
+        total, steps = run(engine, n_seqs, args.tokens, args.temperature)
         per_step = total / steps * 1e3
         print(f"\n{n_seqs} sequence(s): {steps} decode steps, {per_step:.2f} ms/step, "
               f"{n_seqs * steps / total:.1f} tok/s")
