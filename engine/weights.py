@@ -114,7 +114,7 @@ def linear(x: np.ndarray, w: Matrix, layout: RowLayout) -> np.ndarray:
     exactly PROMPT_TILE rows, each row at a slot fixed by its position, against f32 weights
     (a quantized matrix is dequantized into scratch once per call, for all its tiles).
     """
-    x = np.ascontiguousarray(x)  # the kernels read rows as flat memory (no copy if they are)
+    x = np.ascontiguousarray(x, np.float32)  # the kernels read rows as flat f32 (no copy if so)
     out = np.empty((len(x), w.shape[0]), np.float32)
     nd = layout.n_decode
     if nd:

@@ -1,6 +1,6 @@
 """LLVM-IR building blocks for the few kernels numba's vectorizer cannot write well.
 
-Owns: the IR types, `splat`, `fmuladd`, `hsum`, `half_to_float`, `array_data`, `check_contiguous`.
+Owns: the IR types, `splat`, `fmuladd`, `hsum`, `half_to_float`, `array_data`, `check_arrays`.
 Imports: llvmlite, numba. Used by: kernels.quant (block-quantized dots), kernels.attention
 (f16 KV-cache rows).
 
@@ -81,8 +81,9 @@ def array_data(context, builder, array_type, value):
     return builder.bitcast(arr.data, I8.as_pointer()), arr
 
 
-def check_contiguous(*arrays, ndim: int | None = None):
-    """The IR addresses arrays as flat memory: refuse (at compile time) arrays not in C order."""
-    for a in arrays:
-        if not (isinstance(a, types.Array) and a.layout == "C" and (ndim is None or a.ndim == ndim)):
-            raise TypingError(f"this kernel needs C-contiguous arrays, got {a}")
+def check_arrays(*specs):
+    """The IR addresses arrays as flat memory of a known element type: refuse, at compile time,
+    arrays that are not C-contiguous or not of the expected dtype. specs: (array type, dtype)."""
+    for a, dtype in specs:
+        if not (isinstance(a, types.Array) and a.layout == "C" and a.dtype == dtype):
+            raise TypingError(f"this kernel needs a C-contiguous {dtype} array, got {a}")

@@ -15,7 +15,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels._ir import F32, I64, array_data, check_contiguous, fmuladd, half_to_float, hsum
+from kernels._ir import F32, I64, array_data, check_arrays, fmuladd, half_to_float, hsum
 from kernels._jit import jit
 from kernels.expf import exp_inplace
 
@@ -25,7 +25,7 @@ _V8F = ir.VectorType(F32, 8)
 @intrinsic
 def _dot_half(typingctx, q, q_off, k, k_off, n):
     """sum(q[q_off : q_off+n] * k[k_off : k_off+n]) for f32 q, f16-bit-pattern k; n % 8 == 0."""
-    check_contiguous(q, k)
+    check_arrays((q, types.float32), (k, types.uint16))
 
     def codegen(context, builder, sig, args):
         qp, _ = array_data(context, builder, sig.args[0], args[0])
@@ -47,7 +47,7 @@ def _dot_half(typingctx, q, q_off, k, k_off, n):
 @intrinsic
 def _axpy_half(typingctx, p, v, v_off, acc, acc_off, n):
     """acc[acc_off : acc_off+n] += p * v[v_off : v_off+n] for f16-bit-pattern v; n % 8 == 0."""
-    check_contiguous(v, acc)
+    check_arrays((v, types.uint16), (acc, types.float32))
 
     def codegen(context, builder, sig, args):
         vp, _ = array_data(context, builder, sig.args[1], args[1])

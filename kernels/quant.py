@@ -29,7 +29,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels._ir import F32, I8, I32, I64, check_contiguous, fmuladd, half_to_float, hsum, splat
+from kernels._ir import F32, I8, I32, I64, check_arrays, fmuladd, half_to_float, hsum, splat
 from kernels._jit import jit
 
 QK = 32  # weights per block, all three formats
@@ -131,7 +131,7 @@ def _make_block_dots(fmt: str, n_rows: int):
 
     @intrinsic
     def block_dots(typingctx, w, o, x, r0, out):
-        check_contiguous(w, x, out)
+        check_arrays((w, types.uint8), (x, types.float32), (out, types.float32))
         return types.void(w, o, x, r0, out), codegen
 
     return block_dots
@@ -161,7 +161,7 @@ def _make_dequantize(fmt: str):
 
     @intrinsic
     def dequantize_row(typingctx, w, o, out, i):
-        check_contiguous(w, out)
+        check_arrays((w, types.uint8), (out, types.float32))
         return types.void(w, o, out, i), codegen
 
     return dequantize_row

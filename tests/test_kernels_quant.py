@@ -110,11 +110,13 @@ def test_quant_matrix_rejects_what_is_not_blocks():
         QuantMatrix(np.zeros((4, 20), np.float32), "Q4_1")
 
 
-def test_kernels_refuse_arrays_that_are_not_c_contiguous():
-    """The IR reads rows as flat memory, so a strided x is a compile-time error, not garbage."""
+def test_kernels_refuse_arrays_that_are_not_c_contiguous_f32():
+    """The IR reads rows as flat f32 memory, so a strided or f64 x is a compile-time error, not garbage."""
     from numba.core.errors import TypingError
 
     q = _quantized("Q4_1", (8, 64))
     x = np.ones((64, 2), np.float32).T  # (2, 64), Fortran order
     with pytest.raises(TypingError):
         qmatmul_rows(x, q, format_code("Q4_1"), np.empty((2, 8), np.float32))
+    with pytest.raises(TypingError):  # and f64 would be read as f32
+        qmatmul_rows(np.ones((2, 64)), q, format_code("Q4_1"), np.empty((2, 8), np.float32))
