@@ -111,8 +111,9 @@ def linear(x: np.ndarray, w: Matrix, layout: RowLayout) -> np.ndarray:
     a row differently with the number of rows in the call and the row's place in it. So decode
     rows take a numba kernel with a fixed reduction per element (f32: `matmul_rows`; quantized:
     `qmatmul_rows`, which reads the blocks in place), and prompt rows take BLAS in calls of
-    exactly PROMPT_TILE rows, each row at a slot fixed by its position, against f32 weights
-    (a quantized matrix is dequantized into scratch once per call, for all its tiles).
+    exactly PROMPT_TILE rows, each row at a slot fixed by its position, against f32 weights: a
+    quantized matrix is dequantized SCRATCH_BYTES at a time (a slice of output rows whose size
+    depends only on the matrix's shape, so the BLAS calls do too).
     """
     x = np.ascontiguousarray(x, np.float32)  # the kernels read rows as flat f32 (no copy if so)
     out = np.empty((len(x), w.shape[0]), np.float32)
@@ -125,7 +126,22 @@ def linear(x: np.ndarray, w: Matrix, layout: RowLayout) -> np.ndarray:
             matmul_rows(xd, w, od)
         if not layout.tiles:
             return out
-    wt = dequantize(w).T if isinstance(w, QuantMatrix) else w.T  # (in, out) f32
+    if not isinstance(w, QuantMatrix):
+        _prompt_rows(x, w.T, layout, out)
+        return out
+    n_out, k = w.shape
+    step = max(PROMPT_TILE, SCRATCH_BYTES // (4 * k))
+    for o in range(0, n_out, step):
+        rows = np.arange(o, min(o + step, n_out))
+        _prompt_rows(x, dequantize(w, rows).T, layout, out[:, o:o + len(rows)])
+    return out
+
+
+SCRATCH_BYTES = 4 << 20  # f32 weights dequantized at a time for prompt rows
+
+
+def _prompt_rows(x: np.ndarray, wt: np.ndarray, layout: RowLayout, out: np.ndarray) -> None:
+    """out[r] = x[r] @ wt for the prompt rows of `layout`, in its fixed BLAS tiles."""
     for runs in layout.tiles:
         (slot, row, n), = runs if len(runs) == 1 else [(-1, 0, 0)]
         if slot == 0 and n == PROMPT_TILE:  # a whole tile in place: no copies
@@ -137,7 +153,6 @@ def linear(x: np.ndarray, w: Matrix, layout: RowLayout) -> np.ndarray:
         result = tile @ wt
         for slot, row, n in runs:
             out[row:row + n] = result[slot:slot + n]
-    return out
 
 
 def dequantize(w: Matrix, rows: np.ndarray | None = None) -> np.ndarray:

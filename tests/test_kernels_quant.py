@@ -120,3 +120,22 @@ def test_kernels_refuse_arrays_that_are_not_c_contiguous_f32():
         qmatmul_rows(x, q, format_code("Q4_1"), np.empty((2, 8), np.float32))
     with pytest.raises(TypingError):  # and f64 would be read as f32
         qmatmul_rows(np.ones((2, 64)), q, format_code("Q4_1"), np.empty((2, 8), np.float32))
+
+
+def test_prompt_rows_dequantize_a_bounded_slice_at_a_time(monkeypatch):
+    """A matrix bigger than the scratch budget is dequantized a slice of output rows at a time
+    (a big model must not expand a whole FFN matrix to f32 per call); same product, and a
+    prompt row's bits still do not depend on how its prompt was cut."""
+    import engine.weights as weights
+
+    m = QuantMatrix(_quantized("Q4_1", (300, 256), seed=9), "Q4_1")
+    x = np.random.default_rng(10).standard_normal((100, 256)).astype(np.float32)
+    layout = RowLayout.build(0, np.arange(100))
+    whole = linear(x, m, layout)
+    monkeypatch.setattr(weights, "SCRATCH_BYTES", 64 * 256 * 4)  # 64 output rows at a time
+    sliced = linear(x, m, layout)
+    ref = x.astype(np.float64) @ dequantize(m).T.astype(np.float64)
+    np.testing.assert_allclose(sliced, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(whole, ref, rtol=1e-4, atol=1e-4)
+    cut = [linear(x[a:b], m, RowLayout.build(0, np.arange(a, b))) for a, b in [(0, 30), (30, 100)]]
+    assert np.array_equal(np.concatenate(cut), sliced)
