@@ -27,6 +27,11 @@ from engine.config import ModelError
 # ggml type id -> (name, elements per block, bytes per block)
 GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
               8: ("Q8_0", 32, 34), 30: ("BF16", 1, 2)}
+# other ggml types, named in the error a file using them gets
+_UNSUPPORTED = {6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K",
+                14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
+                20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32",
+                27: "I64", 28: "F64", 29: "IQ1_M"}
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
             11: "<q", 12: "<d"}
 _ARRAY_DTYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?",
@@ -104,8 +109,9 @@ class GGUFFile:
 
     def _tensor(self, name: str, dims: list[int], kind: int, offset: int) -> GGUFTensor:
         if kind not in GGML_TYPES:
-            raise ModelError(f"tensor {name}: GGUF type {kind} is not supported (supported: "
-                             f"{', '.join(t[0] for t in GGML_TYPES.values())})")
+            raise ModelError(f"tensor {name}: GGUF type {_UNSUPPORTED.get(kind, kind)} is not "
+                             f"supported (supported: {', '.join(t[0] for t in GGML_TYPES.values())}); "
+                             f"convert the model with llama.cpp's llama-quantize to Q8_0, Q4_0 or Q4_1")
         type_name, per_block, block_bytes = GGML_TYPES[kind]
         shape = tuple(reversed(dims))
         n = int(np.prod(dims))

@@ -126,7 +126,7 @@ def test_prompt_rows_dequantize_a_bounded_slice_at_a_time(monkeypatch):
     """A matrix bigger than the scratch budget is dequantized a slice of output rows at a time
     (a big model must not expand a whole FFN matrix to f32 per call); same product, and a
     prompt row's bits still do not depend on how its prompt was cut."""
-    import engine.weights as weights
+    from engine import weights
 
     m = QuantMatrix(_quantized("Q4_1", (300, 256), seed=9), "Q4_1")
     x = np.random.default_rng(10).standard_normal((100, 256)).astype(np.float32)

@@ -226,3 +226,10 @@ def test_gguf_file_rejects_truncated_and_foreign_files(tmp_path):
         (tmp_path / name).write_bytes(blob)
         with pytest.raises(ModelError):
             GGUFFile(tmp_path / name)
+
+
+def test_an_unsupported_gguf_type_is_named_in_the_error(tmp_path):
+    cfg = tiny_config(vocab_size=64, dim=32, hidden_dim=64, head_dim=8)
+    _write_gguf(tmp_path / "m.gguf", cfg, tiny_weights(cfg), gguf.GGMLQuantizationType.Q5_0)
+    with pytest.raises(ModelError, match="GGUF type Q5_0 is not supported.*llama-quantize"):
+        load_model(tmp_path / "m.gguf")
