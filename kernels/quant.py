@@ -67,7 +67,7 @@ def _unpack_block(builder, fmt, blk):
 
 def _make_block_dots(fmt: str, n_rows: int):
     """An intrinsic dots(w, o, x, r0, out): out[r0 + i, o] = w[o] . x[r0 + i] for i < n_rows.
-    Arrays must be C-contiguous (checked at compile time). Each (o, row) pair has one
+    Arrays must be C-contiguous f32 (w: uint8), checked at compile time. Each (o, row) pair has one
     <16 x float> accumulator and adds the block's two halves into it, in this order, whatever
     n_rows is."""
     bbytes = BLOCK_BYTES[fmt]
@@ -87,7 +87,7 @@ def _make_block_dots(fmt: str, n_rows: int):
                   for i in range(n_rows)]
 
         # for b in range(n_blocks): unpack block b once, then for each row two fmuladds into
-        # its accumulators (x[0:16] and x[16:32] halves: two independent dependency chains)
+        # its accumulator: the x[0:16] half, then the x[16:32] half
         entry = builder.block
         loop = builder.append_basic_block("blocks")
         done = builder.append_basic_block("blocks_done")
