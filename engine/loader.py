@@ -143,8 +143,13 @@ def _gguf_tensor(t: GGUFTensor) -> Matrix:
             return QuantMatrix(t.data, t.kind)
         return dequantize_ref(t.data, t.kind).reshape(t.shape)
     if t.kind == "BF16":
-        return (t.data.astype(np.uint32) << 16).view(np.float32)
+        return _bf16_to_f32(t.data)
     return t.data if t.kind == "F32" else t.data.astype(np.float32)
+
+
+def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> f32: they are an f32's top 16 bits."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def _unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
@@ -204,6 +209,6 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         start, end = info["data_offsets"]
         arr = data[8 + n + start:8 + n + end].view(_ST_DTYPES[info["dtype"]]).reshape(info["shape"])
         if info["dtype"] == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            arr = _bf16_to_f32(arr)
         out[name] = arr
     return out

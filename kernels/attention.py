@@ -15,7 +15,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels._ir import F32, I64, array_data, check_arrays, fmuladd, half_to_float, hsum
+from kernels._ir import F32, I64, array_data, check_arrays, fmuladd, half_to_float, hsum, splat
 from kernels._jit import jit
 from kernels.expf import exp_inplace
 
@@ -54,8 +54,7 @@ def _axpy_half(typingctx, p, v, v_off, acc, acc_off, n):
         ap, _ = array_data(context, builder, sig.args[3], args[3])
         v0 = builder.gep(vp, [builder.mul(args[2], ir.Constant(I64, 2))])
         a0 = builder.gep(ap, [builder.mul(args[4], ir.Constant(I64, 4))])
-        pv = builder.insert_element(ir.Constant(_V8F, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
-        pv = builder.shuffle_vector(pv, pv, ir.Constant(ir.VectorType(ir.IntType(32), 8), None))
+        pv = splat(builder, args[0], _V8F)
         with cgutils.for_range(builder, builder.sdiv(args[5], ir.Constant(I64, 8))) as loop:
             i = loop.index
             vv = half_to_float(builder, builder.gep(v0, [builder.mul(i, ir.Constant(I64, 16))]), 8)

@@ -34,38 +34,23 @@ def softmax_temperature(logits, temperature, probs):
 
 
 @jit()
-def _floor_holding(probs, p):
-    """A threshold t = max(probs) / 16^i, i = 1, 2, ..., such that the tokens with prob >= t
-    hold at least p of the total mass (with a 1e-6 relative margin for summation order);
-    0 if none down to 16^-12."""
-    total = 0.0
-    for v in range(probs.shape[0]):
-        total += probs[v]
-    target = p * total * (1.0 + 1e-6)
+def _floor(probs, need, by_mass):
+    """The first threshold t = max(probs) / 16^i, i = 1, 2, ..., whose tokens at or above it
+    number at least `need` (by_mass False) or hold at least `need` of the mass (by_mass True;
+    with a 1e-6 relative margin for summation order); 0 if none down to 16^-12."""
+    if by_mass:
+        total = 0.0
+        for v in range(probs.shape[0]):
+            total += probs[v]
+        need = need * total * (1.0 + 1e-6)
     t = probs.max()
     for _ in range(12):
         t /= 16.0
-        mass = 0.0
+        have = 0.0
         for v in range(probs.shape[0]):
             if probs[v] >= t:
-                mass += probs[v]
-        if mass >= target:
-            return t
-    return 0.0
-
-
-@jit()
-def _floor_counting(probs, k):
-    """A threshold t = max(probs) / 16^i, i = 1, 2, ..., with at least k tokens at or above
-    it; 0 if none down to 16^-12."""
-    t = probs.max()
-    for _ in range(12):
-        t /= 16.0
-        count = 0
-        for v in range(probs.shape[0]):
-            if probs[v] >= t:
-                count += 1
-        if count >= k:
+                have += probs[v] if by_mass else 1.0
+        if have >= need:
             return t
     return 0.0
 
@@ -84,7 +69,7 @@ def filter_candidates(probs, top_k, top_p, min_p):
     if top_k > 0 and top_k < n_vocab:
         # Only the top-k set can survive: find its smallest member with a partial sort, of the
         # tokens above a floor holding at least k of them (a few hundred, not 49k).
-        pool = probs[probs >= _floor_counting(probs, top_k)]
+        pool = probs[probs >= _floor(probs, float(top_k), False)]
         floor = np.partition(pool, pool.shape[0] - top_k)[pool.shape[0] - top_k]
     else:
         # With top-p alone, only tokens at or above a floor holding mass >= p can be in the
@@ -93,7 +78,7 @@ def filter_candidates(probs, top_k, top_p, min_p):
         # (1 - p) / V as before (thousands on a flat distribution).
         floor = 0.0
         if top_p < 1.0:
-            floor = _floor_holding(probs, top_p)
+            floor = _floor(probs, float(top_p), True)
         if min_p > 0.0:
             floor = max(floor, min_p * probs.max())
     cand = np.nonzero(probs >= floor)[0]
