@@ -16,9 +16,10 @@ with nibble[j] = qs[j] & 15 and nibble[j + 16] = qs[j] >> 4.
 
 The inner loop is written in LLVM IR (a numba `intrinsic`), because numba's loop vectorizer does
 not handle 16-element blocks with a scale between them: it fully unrolls them and then vectorizes
-across blocks with gathers, 5-10x slower than this. Per block the IR loads the 16 or 32 quant
-bytes as one vector, widens them to 32 floats and scales them (w = d * q + m, exact in f32: the
-same values `dequantize_rows` writes), then each x row adds w * x into its 16-lane accumulator.
+across blocks with gathers, 5-10x slower than this. Per block the IR widens the quant bytes 8
+at a time straight from memory to 32-bit lanes, converts them to 32 floats and scales them
+(w = d * q + m in one fmuladd: the same values `dequantize_rows` writes), then each x row adds
+w * x into its two 8-lane accumulators.
 Every operation is explicit (fmuladd, a fixed halving tree for the final sum; no fast-math
 flags), so each output element has one rounding sequence, whatever the number of rows.
 """
@@ -37,39 +38,39 @@ BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20}
 FORMATS = tuple(BLOCK_BYTES)
 _CODE = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2}  # the kernels take the format as a small int
 
-_V16F, _V16I8 = ir.VectorType(F32, 16), ir.VectorType(I8, 16)
+_V8F, _V8I8, _V8I32 = ir.VectorType(F32, 8), ir.VectorType(I8, 8), ir.VectorType(I32, 8)
 
 
 def _unpack_block(builder, fmt, blk):
-    """One block at i8* blk -> (lo, hi): <16 x float> weights that multiply x[0:16], x[16:32]."""
-    def load16(offset):
-        ptr = builder.gep(blk, [ir.Constant(I64, offset)])
-        return builder.load(builder.bitcast(ptr, _V16I8.as_pointer()), align=1)
+    """One block at i8* blk -> four <8 x float>: the weights that multiply x[0:8], x[8:16],
+    x[16:24], x[24:32]. Quant bytes are widened 8 at a time straight from memory (one
+    zero/sign-extending load each), then split into nibbles as 32-bit lanes."""
+    def load8(offset, extend):
+        ptr = builder.bitcast(builder.gep(blk, [ir.Constant(I64, offset)]), _V8I8.as_pointer())
+        return extend(builder.load(ptr, align=1), _V8I32)
 
-    if fmt == "Q4_1":  # d and m side by side: one load, one conversion
-        dm = half_to_float(builder, blk, 2)
-        d, m = (splat(builder, builder.extract_element(dm, ir.Constant(I32, k)), _V16F) for k in (0, 1))
-    else:
-        d = splat(builder, half_to_float(builder, blk), _V16F)
+    # d (and m for Q4_1) with one 4-byte load: a 2-byte scalar load would be an insert into a
+    # live register, which ties each block to the previous one's accumulators
+    dm = half_to_float(builder, blk, 2)
+    d, m = (splat(builder, builder.extract_element(dm, ir.Constant(I32, k)), _V8F) for k in (0, 1))
     if fmt == "Q8_0":
-        return (builder.fmul(builder.sitofp(load16(2), _V16F), d),
-                builder.fmul(builder.sitofp(load16(18), _V16F), d))
-    qs = load16(4 if fmt == "Q4_1" else 2)
-    lo = builder.and_(qs, ir.Constant(_V16I8, [15] * 16))
-    hi = builder.lshr(qs, ir.Constant(_V16I8, [4] * 16))
+        return [builder.fmul(builder.sitofp(load8(offset, builder.sext), _V8F), d) for offset in (2, 10, 18, 26)]
+    first = 4 if fmt == "Q4_1" else 2
+    bytes_ = [load8(first, builder.zext), load8(first + 8, builder.zext)]
+    nibbles = [builder.and_(q, ir.Constant(_V8I32, [15] * 8)) for q in bytes_] + \
+              [builder.lshr(q, ir.Constant(_V8I32, [4] * 8)) for q in bytes_]
     if fmt == "Q4_1":
-        return (fmuladd(builder, builder.uitofp(lo, _V16F), d, m),
-                fmuladd(builder, builder.uitofp(hi, _V16F), d, m))
-    eight = ir.Constant(_V16I8, [8] * 16)
-    return (builder.fmul(builder.sitofp(builder.sub(lo, eight), _V16F), d),
-            builder.fmul(builder.sitofp(builder.sub(hi, eight), _V16F), d))
+        return [fmuladd(builder, builder.uitofp(q, _V8F), d, m) for q in nibbles]
+    eight = ir.Constant(_V8I32, [8] * 8)
+    return [builder.fmul(builder.sitofp(builder.sub(q, eight), _V8F), d) for q in nibbles]
 
 
 def _make_block_dots(fmt: str, n_rows: int):
     """An intrinsic dots(w, o, x, r0, out): out[r0 + i, o] = w[o] . x[r0 + i] for i < n_rows.
-    Arrays must be C-contiguous f32 (w: uint8), checked at compile time. Each (o, row) pair has one
-    <16 x float> accumulator and adds the block's two halves into it, in this order, whatever
-    n_rows is."""
+    Arrays must be C-contiguous f32 (w: uint8), checked at compile time. Each (o, row) pair has two
+    <8 x float> accumulators, one for lanes x[0:8] and x[16:24] of every block, one for x[8:16] and
+    x[24:32], added in this order whatever n_rows is; the sum at the end adds them lane by lane,
+    then halves."""
     bbytes = BLOCK_BYTES[fmt]
 
     def codegen(context, builder, sig, args):
@@ -86,45 +87,49 @@ def _make_block_dots(fmt: str, n_rows: int):
         x_rows = [builder.gep(x_arr.data, [builder.mul(builder.add(r0, ir.Constant(I64, i)), k_dim)])
                   for i in range(n_rows)]
 
-        # for b in range(n_blocks): unpack block b once, then for each row two fmuladds into
-        # its accumulator: the x[0:16] half, then the x[16:32] half
+        # for b in range(n_blocks): unpack block b once, then for each row four fmuladds, the
+        # parts alternating between its two accumulators
         entry = builder.block
         loop = builder.append_basic_block("blocks")
         done = builder.append_basic_block("blocks_done")
-        zero = ir.Constant(_V16F, [0.0] * 16)
+        zero = ir.Constant(_V8F, [0.0] * 8)
         builder.cbranch(builder.icmp_signed(">", n_blocks, ir.Constant(I64, 0)), loop, done)
 
         builder.position_at_end(loop)
         b = builder.phi(I64)
-        accs = [builder.phi(_V16F) for _ in range(n_rows)]
-        w_lo, w_hi = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(I64, bbytes))]))
+        accs = [[builder.phi(_V8F), builder.phi(_V8F)] for _ in range(n_rows)]
+        parts = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(I64, bbytes))]))
         new_accs = []
         for i in range(n_rows):
-            x_lo = builder.gep(x_rows[i], [builder.mul(b, ir.Constant(I64, QK))])
-            x_hi = builder.gep(x_lo, [ir.Constant(I64, 16)])
-            acc = accs[i]
-            for w_half, x_half in ((w_lo, x_lo), (w_hi, x_hi)):
-                xv = builder.load(builder.bitcast(x_half, _V16F.as_pointer()), align=4)
-                acc = fmuladd(builder, w_half, xv, acc)
+            x_block = builder.gep(x_rows[i], [builder.mul(b, ir.Constant(I64, QK))])
+            acc = list(accs[i])
+            for p, w_part in enumerate(parts):
+                x_part = builder.gep(x_block, [ir.Constant(I64, 8 * p)])
+                xv = builder.load(builder.bitcast(x_part, _V8F.as_pointer()), align=4)
+                acc[p % 2] = fmuladd(builder, w_part, xv, acc[p % 2])
             new_accs.append(acc)
         b_next = builder.add(b, ir.Constant(I64, 1))
         body_end = builder.block
         b.add_incoming(ir.Constant(I64, 0), entry)
         b.add_incoming(b_next, body_end)
-        for acc, new in zip(accs, new_accs):
-            acc.add_incoming(zero, entry)
-            acc.add_incoming(new, body_end)
+        for row_accs, row_new in zip(accs, new_accs):
+            for acc, new in zip(row_accs, row_new):
+                acc.add_incoming(zero, entry)
+                acc.add_incoming(new, body_end)
         builder.cbranch(builder.icmp_signed("<", b_next, n_blocks), loop, done)
 
         builder.position_at_end(done)
         finals = []
-        for new in new_accs:  # all phis first, then the sums
-            acc = builder.phi(_V16F)
-            acc.add_incoming(zero, entry)
-            acc.add_incoming(new, body_end)
-            finals.append(acc)
+        for row_new in new_accs:  # all phis first, then the sums
+            pair = []
+            for new in row_new:
+                acc = builder.phi(_V8F)
+                acc.add_incoming(zero, entry)
+                acc.add_incoming(new, body_end)
+                pair.append(acc)
+            finals.append(pair)
         for i in range(n_rows):
-            total = hsum(builder, finals[i])
+            total = hsum(builder, builder.fadd(*finals[i]))
             r = builder.add(r0, ir.Constant(I64, i))
             builder.store(total, builder.gep(out_arr.data, [builder.add(builder.mul(r, n_out), o)]))
         return context.get_dummy_value()
@@ -153,10 +158,11 @@ def _make_dequantize(fmt: str):
         out_row = builder.gep(out_arr.data, [builder.mul(i, k_dim)])
         with cgutils.for_range(builder, n_blocks) as loop:
             b = loop.index
-            w_lo, w_hi = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(I64, bbytes))]))
+            parts = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(I64, bbytes))]))
             dst = builder.gep(out_row, [builder.mul(b, ir.Constant(I64, QK))])
-            builder.store(w_lo, builder.bitcast(dst, _V16F.as_pointer()), align=4)
-            builder.store(w_hi, builder.bitcast(builder.gep(dst, [ir.Constant(I64, 16)]), _V16F.as_pointer()), align=4)
+            for p, w_part in enumerate(parts):
+                ptr = builder.gep(dst, [ir.Constant(I64, 8 * p)])
+                builder.store(w_part, builder.bitcast(ptr, _V8F.as_pointer()), align=4)
         return context.get_dummy_value()
 
     @intrinsic
