@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import kernels._env  # noqa: E402, F401, I001  (before NumPy: see kernels/_env.py)
+import kernels._env  # noqa: E402, F401, I001  (first: see kernels/_env.py)
 import numpy as np  # noqa: E402
 
 

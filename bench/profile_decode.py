@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import kernels._env  # noqa: E402, F401, I001  (before NumPy: see kernels/_env.py)
+import kernels._env  # noqa: E402, F401, I001  (first: see kernels/_env.py)
 import numpy as np  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def instrument(weights) -> None:
     for lw in weights.layers:
         for field in ("wq", "wk", "wv", "wo", "w1", "w2", "w3"):
             names[id(getattr(lw, field))] = f"matmul: {field}"
-    model.linear = timed(lambda x, w, layout: names[id(w)], model.linear)
+    model.linear = timed(lambda x, w: names[id(w)], model.linear)
     for name in ("attention", "apply_rope", "silu_mul", "rms_norm", "embed"):
         setattr(model, name, timed(lambda *a, n=name: n, getattr(model, name)))
     runner.sample = timed(lambda *a: "sampling", runner.sample)

@@ -2,7 +2,7 @@
 sampler and scheduler. Never imports tokenizer/ or server/.
 """
 
-import kernels._env  # noqa: F401, I001  (first: thread settings before NumPy loads OpenBLAS)
+import kernels._env  # noqa: F401, I001  (first: thread settings before numba starts OpenMP)
 from engine.config import EngineConfig, ModelConfig, ModelError
 from engine.engine import Engine
 from engine.loader import load_model

@@ -1,6 +1,6 @@
 """`StepBatch`: the tokens of one engine step from several sequences, packed flat.
 
-Owns: `StepBatch`. Imports: numpy, engine.weights. Used by: engine.runner (builds it),
+Owns: `StepBatch`. Imports: numpy. Used by: engine.runner (builds it),
 engine.model (reads it).
 
 A step may hold whole prompts, prompt chunks and single decode tokens side by side; the forward
@@ -13,8 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.weights import RowLayout
-
 
 @dataclass(frozen=True)
 class StepBatch:
@@ -24,16 +22,12 @@ class StepBatch:
     block_tables: np.ndarray  # (B, max blocks) int64, KV-cache blocks of each sequence
     kv_index: np.ndarray  # (N,) int64, where each token's K/V go: block * BS + offset
     logit_rows: np.ndarray  # (R,) int64, tokens whose logits the caller wants (often one per sequence)
-    layout: RowLayout  # decode rows first, then prompt rows in position-aligned tiles
 
     @classmethod
     def pack(cls, seqs: list[tuple[list[int], int, list[int]]], block_size: int,
-             logits_of: list[int] | None = None, all_logits: bool = False,
-             n_decode: int = 0) -> StepBatch:
+             logits_of: list[int] | None = None, all_logits: bool = False) -> StepBatch:
         """Pack (token_ids, start_position, blocks) per sequence. logit_rows: the last token of
-        each sequence in logits_of (default: every sequence), or every token when all_logits.
-        The first n_decode sequences are single generated tokens (decode rows)."""
-        assert all(len(t) == 1 for t, _, _ in seqs[:n_decode])
+        each sequence in logits_of (default: every sequence), or every token when all_logits."""
         ids = np.concatenate([np.asarray(t, np.int64) for t, _, _ in seqs])
         pos = np.concatenate([np.arange(p, p + len(t), dtype=np.int64) for t, p, _ in seqs])
         seq = np.concatenate([np.full(len(t), i, np.int64) for i, (t, _, _) in enumerate(seqs)])
@@ -46,8 +40,7 @@ class StepBatch:
             rows = np.arange(len(ids))
         else:
             rows = ends if logits_of is None else ends[np.asarray(logits_of, np.int64)]
-        return cls(ids, pos, seq, tables, kv_index, rows.astype(np.int64),
-                   RowLayout.build(n_decode, pos))
+        return cls(ids, pos, seq, tables, kv_index, rows.astype(np.int64))
 
     @property
     def n_tokens(self) -> int:

@@ -99,6 +99,9 @@ def _check_shapes(cfg: ModelConfig, w: Weights) -> None:
     expect = {"wq": (q, C), "wk": (kv, C), "wv": (kv, C), "wo": (C, q), "w1": (F, C),
               "w2": (C, F), "w3": (F, C), "attn_norm": (C,), "ffn_norm": (C,),
               "bq": (q,), "bk": (kv,), "bv": (kv,)}
+    for name, size in [("dim", C), ("hidden_dim", F), ("n_heads * head_dim", q)]:
+        if size % 8:  # the matmul kernels read rows 8 floats at a time
+            raise ModelError(f"{name} = {size} is not a multiple of 8; Ember cannot run this model")
     for name, shape in [("tok_embeddings", (V, C)), ("output", (V, C)), ("norm", (C,))]:
         if getattr(w, name).shape != shape:
             raise ModelError(f"{name}: shape {getattr(w, name).shape}, expected {shape}")

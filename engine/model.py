@@ -18,7 +18,7 @@ import numpy as np
 from engine.batch import StepBatch
 from engine.config import ModelConfig
 from engine.kv_cache import KVCache
-from engine.weights import LayerWeights, RowLayout, Weights, embed, linear
+from engine.weights import LayerWeights, Weights, embed, linear
 from kernels import apply_rope, attention, rms_norm_rows, silu_mul
 
 
@@ -39,9 +39,9 @@ def forward(m: Transformer, cache: KVCache, batch: StepBatch) -> np.ndarray:
     x = embed(m.weights.tok_embeddings, batch.token_ids)  # (N, C)
     for layer, lw in enumerate(m.weights.layers):
         x = x + attention_block(m, lw, cache, layer, batch, x)  # (N, C)
-        x = x + ffn_block(m.cfg, lw, x, batch.layout)  # (N, C)
+        x = x + ffn_block(m.cfg, lw, x)  # (N, C)
     x = rms_norm(x[batch.logit_rows], m.weights.norm, m.cfg.norm_eps)  # (R, C)
-    return linear(x, m.weights.output, RowLayout.decode_only(len(x)))  # (R, V)
+    return linear(x, m.weights.output)  # (R, V)
 
 
 def attention_block(m: Transformer, lw: LayerWeights, cache: KVCache, layer: int,
@@ -49,10 +49,9 @@ def attention_block(m: Transformer, lw: LayerWeights, cache: KVCache, layer: int
     """Causal GQA self-attention of the step's tokens over their sequences' caches; (N, C)."""
     cfg, n = m.cfg, batch.n_tokens
     h = rms_norm(x, lw.attn_norm, cfg.norm_eps)  # (N, C)
-    d = batch.layout
-    q = _project(h, lw.wq, lw.bq, d).reshape(n, cfg.n_heads, cfg.head_dim)  # (N, H, D)
-    k = _project(h, lw.wk, lw.bk, d).reshape(n, cfg.n_kv_heads, cfg.head_dim)  # (N, Hkv, D)
-    v = _project(h, lw.wv, lw.bv, d).reshape(n, cfg.n_kv_heads, cfg.head_dim)  # (N, Hkv, D)
+    q = _project(h, lw.wq, lw.bq).reshape(n, cfg.n_heads, cfg.head_dim)  # (N, H, D)
+    k = _project(h, lw.wk, lw.bk).reshape(n, cfg.n_kv_heads, cfg.head_dim)  # (N, Hkv, D)
+    v = _project(h, lw.wv, lw.bv).reshape(n, cfg.n_kv_heads, cfg.head_dim)  # (N, Hkv, D)
     apply_rope(q, batch.positions, m.cos, m.sin)  # (N, H, D) in place
     apply_rope(k, batch.positions, m.cos, m.sin)  # (N, Hkv, D) in place
     k_layer, v_layer = cache.k[layer], cache.v[layer]  # (n_blocks, BS, Hkv, D) views
@@ -62,15 +61,15 @@ def attention_block(m: Transformer, lw: LayerWeights, cache: KVCache, layer: int
     out = np.empty_like(q)  # (N, H, D)
     attention(q, k_layer, v_layer, batch.block_tables, batch.token_seq, batch.positions, m.scale,
               out)
-    return linear(out.reshape(n, cfg.n_heads * cfg.head_dim), lw.wo, d)  # (N, C)
+    return linear(out.reshape(n, cfg.n_heads * cfg.head_dim), lw.wo)  # (N, C)
 
 
-def ffn_block(cfg: ModelConfig, lw: LayerWeights, x: np.ndarray, layout: RowLayout) -> np.ndarray:
+def ffn_block(cfg: ModelConfig, lw: LayerWeights, x: np.ndarray) -> np.ndarray:
     """SwiGLU feed-forward: w2(silu(w1 h) * w3 h); (N, C)."""
     h = rms_norm(x, lw.ffn_norm, cfg.norm_eps)  # (N, C)
-    gate = linear(h, lw.w1, layout)  # (N, F)
-    silu_mul(gate, linear(h, lw.w3, layout), gate)  # (N, F) in place
-    return linear(gate, lw.w2, layout)  # (N, C)
+    gate = linear(h, lw.w1)  # (N, F)
+    silu_mul(gate, linear(h, lw.w3), gate)  # (N, F) in place
+    return linear(gate, lw.w2)  # (N, C)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -80,6 +79,6 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return out
 
 
-def _project(h: np.ndarray, w: np.ndarray, b: np.ndarray | None, layout: RowLayout) -> np.ndarray:
-    y = linear(h, w, layout)
+def _project(h: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    y = linear(h, w)
     return y if b is None else y + b

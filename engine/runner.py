@@ -25,16 +25,13 @@ class ModelRunner:
         whose chunk reaches its last known token (a prompt chunk mid-way samples nothing)."""
         if not plan:
             return []
-        # Decode rows first: they take the batch-invariant decode path (engine.weights.linear).
-        plan = sorted(plan, key=lambda s: not s.decodes)
         seqs = []
         for s in plan:
             r = s.request
             seqs.append(([r.token(p) for p in range(r.n_computed, r.n_computed + s.n_new)],
                          r.n_computed, r.blocks))
         sampling = [i for i, s in enumerate(plan) if s.samples]
-        batch = StepBatch.pack(seqs, self.cache.block_size, logits_of=sampling,
-                               n_decode=sum(s.decodes for s in plan))
+        batch = StepBatch.pack(seqs, self.cache.block_size, logits_of=sampling)
         logits = forward(self.model, self.cache, batch)  # (R, V)
         rows, requests = [], []
         for row, i in enumerate(sampling):

@@ -39,11 +39,6 @@ class ScheduledSeq:
         return self.request.n_computed + self.n_new == self.request.n_tokens
 
     @property
-    def decodes(self) -> bool:
-        """One generated token (not prompt): computed on the decode path."""
-        return self.n_new == 1 and self.request.n_computed >= len(self.request.prompt_ids)
-
-    @property
     def sampling_requests(self) -> list[Request]:
         """Who samples from this chunk's logits: the request, plus its forks at the prompt's end."""
         if not self.samples:

@@ -1,6 +1,6 @@
 """Model weights in our names and compute layout, and the one matrix product that reads them.
 
-Owns: `QuantMatrix`, `Matrix`, `LayerWeights`, `Weights`, `RowLayout`, `linear`, `embed`,
+Owns: `QuantMatrix`, `Matrix`, `LayerWeights`, `Weights`, `linear`, `embed`,
 `dequantize`. Imports: numpy, kernels. Used by: engine.loader (builds them), engine.model (reads them).
 
 Every matrix is (out_features, in_features), the layout of both Hugging Face and GGUF files, so
@@ -65,94 +65,40 @@ class Weights:
     output: Matrix  # (V, C); the same object as tok_embeddings when tied
 
 
-PROMPT_TILE = 64
+DEQUANTIZE_ROWS = 16  # from this many rows, a quantized product goes through dequantized f32 rows
+SCRATCH_BYTES = 4 << 20  # f32 weights dequantized at a time
 
 
-@dataclass(frozen=True)
-class RowLayout:
-    """Which path each row of a step's activations takes through `linear`.
-
-    The first n_decode rows are decode rows (one generated token per sequence). The others are
-    prompt rows, laid out in BLAS tiles of exactly PROMPT_TILE rows; a prompt row at position p
-    always sits in slot p % PROMPT_TILE of its tile, however its prompt was cut into chunks.
-    `tiles` lists each tile's runs (slot, first row, n rows); unused slots are zero rows.
-    """
-
-    n_decode: int
-    tiles: tuple[tuple[tuple[int, int, int], ...], ...] = ()
-
-    @classmethod
-    def decode_only(cls, n_rows: int) -> RowLayout:
-        return cls(n_rows)
-
-    @classmethod
-    def build(cls, n_decode: int, positions: np.ndarray) -> RowLayout:
-        """From the positions (N,) of a step's rows; prompt rows of one sequence are consecutive."""
-        tiles: list[list[tuple[int, int, int]]] = []
-        row, n = n_decode, len(positions)
-        while row < n:
-            start = row  # a run of consecutive positions, cut where a tile ends
-            slot = int(positions[row]) % PROMPT_TILE
-            row += 1
-            while row < n and positions[row] == positions[row - 1] + 1 and positions[row] % PROMPT_TILE:
-                row += 1
-            if not tiles or start == n_decode or positions[start] != positions[start - 1] + 1 \
-                    or slot == 0 or tiles[-1][-1][0] + tiles[-1][-1][2] > slot:
-                tiles.append([])  # a new sequence (or a filled tile) opens a tile
-            tiles[-1].append((slot, start, row - start))
-        return cls(n_decode, tuple(tuple(t) for t in tiles))
-
-
-def linear(x: np.ndarray, w: Matrix, layout: RowLayout) -> np.ndarray:
-    """x (N, in) f32 @ w (out, in) -> (N, out) f32, each row on the path `layout` gives it.
+def linear(x: np.ndarray, w: Matrix) -> np.ndarray:
+    """x (N, in) f32 @ w (out, in) -> (N, out) f32.
 
     The one seam every weight format goes through. A row's result must not depend on what else
-    is in the step (a seeded request gives the same tokens alone or under load), and BLAS rounds
-    a row differently with the number of rows in the call and the row's place in it. So decode
-    rows take a numba kernel with a fixed reduction per element (f32: `matmul_rows`; quantized:
-    `qmatmul_rows`, which reads the blocks in place), and prompt rows take BLAS in calls of
-    exactly PROMPT_TILE rows, each row at a slot fixed by its position, against f32 weights: a
-    quantized matrix is dequantized SCRATCH_BYTES at a time (a slice of output rows whose size
-    depends only on the matrix's shape, so the BLAS calls do too).
+    is in the step (a seeded request gives the same tokens alone or under load): BLAS rounds a
+    row differently with the number of rows in the call and the row's place in it, so it is not
+    used. Every element is one dot product in one fixed order (kernels.quant.block_dots), for
+    prompt rows and decode rows alike. A quantized matrix is read in place for a few rows
+    (`qmatmul_rows`: each unpacked block feeds up to four rows); from DEQUANTIZE_ROWS rows on,
+    its rows are dequantized to f32 SCRATCH_BYTES at a time and multiplied by `matmul_rows`,
+    which gives the same bits faster when the unpacking is shared by many rows.
     """
     x = np.ascontiguousarray(x, np.float32)  # the kernels read rows as flat f32 (no copy if so)
     out = np.empty((len(x), w.shape[0]), np.float32)
-    nd = layout.n_decode
-    if nd:
-        xd, od = (x, out) if nd == len(x) else (x[:nd], out[:nd])
-        if type(w) is QuantMatrix:
-            qmatmul_rows(xd, w.data, w.code, od)
-        else:
-            matmul_rows(xd, w, od)
-        if not layout.tiles:
-            return out
-    if not isinstance(w, QuantMatrix):
-        _prompt_rows(x, w.T, layout, out)
-        return out
-    n_out, k = w.shape
-    step = max(PROMPT_TILE, SCRATCH_BYTES // (4 * k))
-    for o in range(0, n_out, step):
-        rows = np.arange(o, min(o + step, n_out))
-        _prompt_rows(x, dequantize(w, rows).T, layout, out[:, o:o + len(rows)])
+    if type(w) is not QuantMatrix:
+        matmul_rows(x, w, out)
+    elif len(x) < DEQUANTIZE_ROWS:
+        qmatmul_rows(x, w.data, w.code, out)
+    else:
+        n_out, k = w.shape
+        step = max(1, SCRATCH_BYTES // (4 * k))
+        for o in range(0, n_out, step):
+            rows = np.arange(o, min(o + step, n_out))
+            if len(rows) == n_out:
+                matmul_rows(x, dequantize(w, rows), out)
+            else:
+                part = np.empty((len(x), len(rows)), np.float32)
+                matmul_rows(x, dequantize(w, rows), part)
+                out[:, o:o + len(rows)] = part
     return out
-
-
-SCRATCH_BYTES = 4 << 20  # f32 weights dequantized at a time for prompt rows
-
-
-def _prompt_rows(x: np.ndarray, wt: np.ndarray, layout: RowLayout, out: np.ndarray) -> None:
-    """out[r] = x[r] @ wt for the prompt rows of `layout`, in its fixed BLAS tiles."""
-    for runs in layout.tiles:
-        (slot, row, n), = runs if len(runs) == 1 else [(-1, 0, 0)]
-        if slot == 0 and n == PROMPT_TILE:  # a whole tile in place: no copies
-            np.matmul(x[row:row + n], wt, out=out[row:row + n])
-            continue
-        tile = np.zeros((PROMPT_TILE, x.shape[1]), np.float32)
-        for slot, row, n in runs:
-            tile[slot:slot + n] = x[row:row + n]
-        result = tile @ wt
-        for slot, row, n in runs:
-            out[row:row + n] = result[slot:slot + n]
 
 
 def dequantize(w: Matrix, rows: np.ndarray | None = None) -> np.ndarray:

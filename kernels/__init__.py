@@ -3,7 +3,7 @@
 Imports nothing of ours outside kernels/. Used by: engine.
 """
 
-import kernels._env  # noqa: F401, I001  (first: thread settings before NumPy loads OpenBLAS)
+import kernels._env  # noqa: F401, I001  (first: thread settings before numba starts OpenMP)
 from kernels.activations import silu_mul
 from kernels.attention import attention
 from kernels.matmul import matmul_rows

@@ -65,13 +65,18 @@ def _unpack_block(builder, fmt, blk):
     return [builder.fmul(builder.sitofp(builder.sub(q, eight), _V8F), d) for q in nibbles]
 
 
-def _make_block_dots(fmt: str, n_rows: int):
-    """An intrinsic dots(w, o, x, r0, out): out[r0 + i, o] = w[o] . x[r0 + i] for i < n_rows.
-    Arrays must be C-contiguous f32 (w: uint8), checked at compile time. Each (o, row) pair has two
-    <8 x float> accumulators, one for lanes x[0:8] and x[16:24] of every block, one for x[8:16] and
-    x[24:32], added in this order whatever n_rows is; the sum at the end adds them lane by lane,
-    then halves."""
-    bbytes = BLOCK_BYTES[fmt]
+def block_dots(fmt: str, n_rows: int, n_outs: int = 1):
+    """An intrinsic dots(w, o, x, r0, out): out[r0 + i, o + j] = w[o + j] . x[r0 + i] for
+    i < n_rows, j < n_outs. w is uint8 blocks of format fmt, or "F32": f32 weights (in_features a
+    multiple of 8). Arrays must be C-contiguous f32 (blocks: uint8), checked at compile time.
+
+    Each output element has two <8 x float> accumulators: x[0:8], x[16:24], x[32:40]... go into
+    the first, x[8:16], x[24:32]... into the second, in order, whatever the tile shape; the sum
+    at the end adds them lane by lane, then halves. So every tile shape rounds an element
+    identically, and f32 weights equal to a quantized matrix's dequantized values give
+    bit-identical results to the blocks themselves."""
+    quantized = fmt != "F32"
+    step = QK if quantized else 16  # weights per loop iteration
 
     def codegen(context, builder, sig, args):
         w_t, _, x_t, _, out_t = sig.args
@@ -81,65 +86,99 @@ def _make_block_dots(fmt: str, n_rows: int):
         o, r0 = args[1], args[3]
         k_dim = builder.extract_value(x_arr.shape, 1)
         n_out = builder.extract_value(out_arr.shape, 1)
-        n_blocks = builder.sdiv(k_dim, ir.Constant(I64, QK))
-        row_bytes = builder.mul(n_blocks, ir.Constant(I64, bbytes))
-        w_row = builder.gep(builder.bitcast(w_arr.data, I8.as_pointer()), [builder.mul(o, row_bytes)])
+        n_steps = builder.sdiv(k_dim, ir.Constant(I64, step))
+        outs = [builder.add(o, ir.Constant(I64, j)) for j in range(n_outs)]
+        if quantized:
+            row_bytes = builder.mul(n_steps, ir.Constant(I64, BLOCK_BYTES[fmt]))
+            w_rows = [builder.gep(builder.bitcast(w_arr.data, I8.as_pointer()), [builder.mul(oj, row_bytes)])
+                      for oj in outs]
+        else:
+            w_rows = [builder.gep(w_arr.data, [builder.mul(oj, k_dim)]) for oj in outs]
+
+        def weights(w_row, b):  # the <8 x float> parts of loop iteration b of one weight row
+            if quantized:
+                return _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(I64, BLOCK_BYTES[fmt]))]))
+            first = builder.gep(w_row, [builder.mul(b, ir.Constant(I64, step))])
+            return [builder.load(builder.bitcast(builder.gep(first, [ir.Constant(I64, 8 * p)]), _V8F.as_pointer()),
+                                 align=4) for p in range(2)]
+
         x_rows = [builder.gep(x_arr.data, [builder.mul(builder.add(r0, ir.Constant(I64, i)), k_dim)])
                   for i in range(n_rows)]
+        tile = [(j, i) for j in range(n_outs) for i in range(n_rows)]
 
-        # for b in range(n_blocks): unpack block b once, then for each row four fmuladds, the
-        # parts alternating between its two accumulators
+        # for b in range(n_steps): unpack step b of each weight row once, then for each x row
+        # one fmuladd per part, the parts alternating between the element's two accumulators
         entry = builder.block
         loop = builder.append_basic_block("blocks")
         done = builder.append_basic_block("blocks_done")
         zero = ir.Constant(_V8F, [0.0] * 8)
-        builder.cbranch(builder.icmp_signed(">", n_blocks, ir.Constant(I64, 0)), loop, done)
+        builder.cbranch(builder.icmp_signed(">", n_steps, ir.Constant(I64, 0)), loop, done)
 
         builder.position_at_end(loop)
         b = builder.phi(I64)
-        accs = [[builder.phi(_V8F), builder.phi(_V8F)] for _ in range(n_rows)]
-        parts = _unpack_block(builder, fmt, builder.gep(w_row, [builder.mul(b, ir.Constant(I64, bbytes))]))
-        new_accs = []
-        for i in range(n_rows):
-            x_block = builder.gep(x_rows[i], [builder.mul(b, ir.Constant(I64, QK))])
-            acc = list(accs[i])
-            for p, w_part in enumerate(parts):
-                x_part = builder.gep(x_block, [ir.Constant(I64, 8 * p)])
-                xv = builder.load(builder.bitcast(x_part, _V8F.as_pointer()), align=4)
-                acc[p % 2] = fmuladd(builder, w_part, xv, acc[p % 2])
-            new_accs.append(acc)
+        accs = {e: [builder.phi(_V8F), builder.phi(_V8F)] for e in tile}
+        new_accs = {}
+        for j in range(n_outs):
+            parts = weights(w_rows[j], b)
+            for i in range(n_rows):
+                x_step = builder.gep(x_rows[i], [builder.mul(b, ir.Constant(I64, step))])
+                acc = list(accs[j, i])
+                for p, w_part in enumerate(parts):
+                    x_part = builder.gep(x_step, [ir.Constant(I64, 8 * p)])
+                    xv = builder.load(builder.bitcast(x_part, _V8F.as_pointer()), align=4)
+                    acc[p % 2] = fmuladd(builder, w_part, xv, acc[p % 2])
+                new_accs[j, i] = acc
         b_next = builder.add(b, ir.Constant(I64, 1))
         body_end = builder.block
         b.add_incoming(ir.Constant(I64, 0), entry)
         b.add_incoming(b_next, body_end)
-        for row_accs, row_new in zip(accs, new_accs):
-            for acc, new in zip(row_accs, row_new):
+        for e in tile:
+            for acc, new in zip(accs[e], new_accs[e]):
                 acc.add_incoming(zero, entry)
                 acc.add_incoming(new, body_end)
-        builder.cbranch(builder.icmp_signed("<", b_next, n_blocks), loop, done)
+        builder.cbranch(builder.icmp_signed("<", b_next, n_steps), loop, done)
 
         builder.position_at_end(done)
-        finals = []
-        for row_new in new_accs:  # all phis first, then the sums
+        finals = {}
+        for e in tile:  # all phis first, then the sums
             pair = []
-            for new in row_new:
+            for new in new_accs[e]:
                 acc = builder.phi(_V8F)
                 acc.add_incoming(zero, entry)
                 acc.add_incoming(new, body_end)
                 pair.append(acc)
-            finals.append(pair)
-        for i in range(n_rows):
-            total = hsum(builder, builder.fadd(*finals[i]))
+            finals[e] = pair
+        if not quantized:  # in_features = 16 n + 8: the last 8 go into the first accumulator
+            tail = builder.append_basic_block("tail")
+            summed = builder.append_basic_block("sums")
+            k_tail = builder.mul(n_steps, ir.Constant(I64, step))
+            builder.cbranch(builder.icmp_signed("<", k_tail, k_dim), tail, summed)
+            before = builder.block
+            builder.position_at_end(tail)
+            with_tail = {}
+            for j, i in tile:
+                wv = builder.load(builder.bitcast(builder.gep(w_rows[j], [k_tail]), _V8F.as_pointer()), align=4)
+                xv = builder.load(builder.bitcast(builder.gep(x_rows[i], [k_tail]), _V8F.as_pointer()), align=4)
+                with_tail[j, i] = fmuladd(builder, wv, xv, finals[j, i][0])
+            builder.branch(summed)
+            builder.position_at_end(summed)
+            for e in tile:
+                acc = builder.phi(_V8F)
+                acc.add_incoming(finals[e][0], before)
+                acc.add_incoming(with_tail[e], tail)
+                finals[e] = [acc, finals[e][1]]
+        for j, i in tile:
+            total = hsum(builder, builder.fadd(*finals[j, i]))
             r = builder.add(r0, ir.Constant(I64, i))
-            builder.store(total, builder.gep(out_arr.data, [builder.add(builder.mul(r, n_out), o)]))
+            builder.store(total, builder.gep(out_arr.data, [builder.add(builder.mul(r, n_out), outs[j])]))
         return context.get_dummy_value()
 
     @intrinsic
-    def block_dots(typingctx, w, o, x, r0, out):
-        check_arrays((w, types.uint8), (x, types.float32), (out, types.float32))
+    def dots(typingctx, w, o, x, r0, out):
+        check_arrays((w, types.uint8 if quantized else types.float32), (x, types.float32), (out, types.float32))
         return types.void(w, o, x, r0, out), codegen
 
-    return block_dots
+    return dots
 
 
 def _make_dequantize(fmt: str):
@@ -189,7 +228,7 @@ def dequantize_rows(w, fmt, rows, out):
             _q4_1_deq(w, rows[i], out, i)
 
 
-_DOTS = {(fmt, n): _make_block_dots(fmt, n) for fmt in FORMATS for n in (1, 2, 4)}
+_DOTS = {(fmt, n): block_dots(fmt, n) for fmt in FORMATS for n in (1, 2, 4)}
 _q8_0_1, _q8_0_2, _q8_0_4 = (_DOTS["Q8_0", n] for n in (1, 2, 4))
 _q4_0_1, _q4_0_2, _q4_0_4 = (_DOTS["Q4_0", n] for n in (1, 2, 4))
 _q4_1_1, _q4_1_2, _q4_1_4 = (_DOTS["Q4_1", n] for n in (1, 2, 4))

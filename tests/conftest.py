@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import kernels._env  # noqa: F401, I001  (first: thread settings before NumPy loads OpenBLAS)
+import kernels._env  # noqa: F401, I001  (first: thread settings before numba starts OpenMP)
 
 import threading
 from contextlib import contextmanager

@@ -4,7 +4,7 @@ whatever else is in the batch (the basis of 'same seed, same tokens, under load'
 import numpy as np
 import pytest
 
-from engine.weights import RowLayout, linear
+from engine.weights import linear
 from kernels import matmul_rows
 
 
@@ -40,28 +40,33 @@ def test_matmul_rows_is_batch_invariant():
     assert np.array_equal(reversed_, alone)
 
 
-def test_linear_prompt_rows_are_the_same_however_the_prompt_is_cut():
-    """Prompt rows go through BLAS in fixed tiles, each row at the slot of its position: the
-    same bits for one chunk, for several chunks, and next to other sequences' rows."""
+def test_linear_rows_are_the_same_however_the_prompt_is_cut():
+    """Prompt rows and decode rows go through the same kernel: the same bits for one chunk,
+    for several chunks, one row at a time, and next to other sequences' rows."""
     rng = np.random.default_rng(2)
     w = rng.standard_normal((576, 1536)).astype(np.float32)
-    x = rng.standard_normal((150, 1536)).astype(np.float32)  # one prompt's rows, positions 0..149
-    pos = np.arange(150)
-    whole = linear(x, w, RowLayout.build(0, pos))
+    x = rng.standard_normal((150, 1536)).astype(np.float32)
+    whole = linear(x, w)
     np.testing.assert_allclose(whole, x @ w.T, rtol=1e-4, atol=1e-3)
-    chunks = [linear(x[a:b], w, RowLayout.build(0, pos[a:b])) for a, b in [(0, 37), (37, 100), (100, 150)]]
+    chunks = [linear(x[a:b], w) for a, b in [(0, 37), (37, 100), (100, 150)]]
     assert np.array_equal(np.concatenate(chunks), whole)
-    other = rng.standard_normal((9, 1536)).astype(np.float32)  # decode rows and another prompt first
-    mixed_x = np.concatenate([other[:3], other[3:], x[37:100]])
-    mixed_pos = np.concatenate([[500, 7, 64], np.arange(20, 26), pos[37:100]])
-    mixed = linear(mixed_x, w, RowLayout.build(3, mixed_pos))
+    other = rng.standard_normal((9, 1536)).astype(np.float32)
+    mixed = linear(np.concatenate([other, x[37:100]]), w)
     assert np.array_equal(mixed[9:], whole[37:100])
-    assert np.array_equal(mixed[1:2], linear(other[1:2], w, RowLayout.decode_only(1)))
+    assert np.array_equal(np.concatenate([linear(x[i:i + 1], w) for i in (5, 80)]), whole[[5, 80]])
 
 
-def test_row_layout_puts_each_prompt_row_at_its_position_slot():
-    layout = RowLayout.build(2, np.array([9, 4, 62, 63, 64, 65, 3, 4]))
-    assert layout.n_decode == 2
-    assert layout.tiles == (((62, 2, 2),), ((0, 4, 2),), ((3, 6, 2),))
-    whole = RowLayout.build(0, np.arange(10, 150))
-    assert whole.tiles == (((10, 0, 54),), ((0, 54, 64),), ((0, 118, 22),))
+@pytest.mark.parametrize("shape", [(7, 40), (8, 24), (5, 8)])
+def test_matmul_rows_handles_odd_features_and_a_last_group_of_eight(shape):
+    """An odd number of output features (the last one alone) and in_features = 16 n + 8."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(shape).astype(np.float32)
+    x = rng.standard_normal((3, shape[1])).astype(np.float32)
+    out = np.empty((3, shape[0]), np.float32)
+    matmul_rows(x, w, out)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_rows_refuses_in_features_it_cannot_read():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        matmul_rows(np.ones((2, 12), np.float32), np.ones((3, 12), np.float32), np.empty((2, 3), np.float32))

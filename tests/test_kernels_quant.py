@@ -6,7 +6,7 @@ import gguf
 import numpy as np
 import pytest
 
-from engine.weights import QuantMatrix, RowLayout, dequantize, embed, linear
+from engine.weights import QuantMatrix, dequantize, embed, linear
 from kernels import dequantize_rows, qmatmul_rows
 from kernels.quant import FORMATS, dequantize_ref, format_code, quantize_q8_0
 
@@ -86,20 +86,22 @@ def test_quantize_q8_0_round_trips_like_llama_cpp():
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_linear_on_quantized_weights_takes_both_paths(fmt):
-    """Decode rows read the blocks; prompt rows use a dequantized copy with BLAS. Both give the
-    reference product, and a prompt row's bits do not depend on how its prompt was cut."""
+def test_linear_on_quantized_weights_gives_the_same_bits_on_both_paths(fmt):
+    """A few rows read the blocks in place (qmatmul_rows); many rows multiply dequantized f32
+    rows (matmul_rows). Both sum in the same order, so a row's bits do not depend on which path
+    its batch took, nor on how its prompt was cut."""
     m = QuantMatrix(_quantized(fmt, (96, 128), seed=7), fmt)
     assert m.shape == (96, 128)
     w = dequantize(m)
     x = np.random.default_rng(8).standard_normal((70, 128)).astype(np.float32)
     ref = x.astype(np.float64) @ w.T.astype(np.float64)
-    decode = linear(x, m, RowLayout.decode_only(70))
-    prompt = linear(x, m, RowLayout.build(0, np.arange(70)))
-    np.testing.assert_allclose(decode, ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(prompt, ref, rtol=1e-4, atol=1e-4)
-    cut = [linear(x[a:b], m, RowLayout.build(0, np.arange(a, b))) for a, b in [(0, 20), (20, 70)]]
-    assert np.array_equal(np.concatenate(cut), prompt)
+    many = linear(x, m)  # 70 rows: the dequantized path
+    np.testing.assert_allclose(many, ref, rtol=1e-4, atol=1e-4)
+    few = np.concatenate([linear(x[a:a + 5], m) for a in range(0, 70, 5)])  # the in-place path
+    assert np.array_equal(few, many)
+    direct = np.empty_like(many)
+    qmatmul_rows(x, m.data, m.code, direct)
+    assert np.array_equal(direct, many)
     assert np.array_equal(embed(m, np.array([5, 0, 5])), w[[5, 0, 5]])
 
 
@@ -122,20 +124,16 @@ def test_kernels_refuse_arrays_that_are_not_c_contiguous_f32():
         qmatmul_rows(np.ones((2, 64)), q, format_code("Q4_1"), np.empty((2, 8), np.float32))
 
 
-def test_prompt_rows_dequantize_a_bounded_slice_at_a_time(monkeypatch):
+def test_many_rows_dequantize_a_bounded_slice_at_a_time(monkeypatch):
     """A matrix bigger than the scratch budget is dequantized a slice of output rows at a time
-    (a big model must not expand a whole FFN matrix to f32 per call); same product, and a
-    prompt row's bits still do not depend on how its prompt was cut."""
+    (a big model must not expand a whole FFN matrix to f32 per call): the same bits."""
     from engine import weights
 
     m = QuantMatrix(_quantized("Q4_1", (300, 256), seed=9), "Q4_1")
     x = np.random.default_rng(10).standard_normal((100, 256)).astype(np.float32)
-    layout = RowLayout.build(0, np.arange(100))
-    whole = linear(x, m, layout)
+    whole = linear(x, m)
     monkeypatch.setattr(weights, "SCRATCH_BYTES", 64 * 256 * 4)  # 64 output rows at a time
-    sliced = linear(x, m, layout)
-    ref = x.astype(np.float64) @ dequantize(m).T.astype(np.float64)
-    np.testing.assert_allclose(sliced, ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(whole, ref, rtol=1e-4, atol=1e-4)
-    cut = [linear(x[a:b], m, RowLayout.build(0, np.arange(a, b))) for a, b in [(0, 30), (30, 100)]]
-    assert np.array_equal(np.concatenate(cut), sliced)
+    sliced = linear(x, m)
+    assert np.array_equal(sliced, whole)
+    np.testing.assert_allclose(sliced, x.astype(np.float64) @ dequantize(m).T.astype(np.float64),
+                               rtol=1e-4, atol=1e-4)

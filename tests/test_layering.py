@@ -36,7 +36,7 @@ def test_package_imports_only_what_it_may(package):
 
 @pytest.mark.parametrize("module", ["server.__main__", "engine", "kernels"])
 def test_thread_settings_are_in_place_before_numpy_loads(module):
-    """kernels/_env.py must run before NumPy starts OpenBLAS, from every entry point."""
+    """kernels/_env.py must run first (before NumPy and numba), from every entry point."""
     code = ("import sys\norder = []\n"
             "class Spy:\n    def find_spec(self, name, path=None, target=None):\n"
             "        order.append(name)\n"
