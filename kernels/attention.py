@@ -5,7 +5,7 @@ Used by: engine.model.
 
 The cache holds keys and values as IEEE half bit patterns (uint16: numba has no float16), half
 the memory of f32, as llama.cpp keeps them. The two inner loops, q . k over a cache row and
-acc += p * v, are LLVM-IR intrinsics that widen 8 halves per instruction (F16C / ARM) and
+acc += p * v (a cache block at a time), are LLVM-IR intrinsics that widen 8 halves per instruction (F16C / ARM) and
 accumulate in f32 with a fixed order.
 """
 
@@ -44,25 +44,42 @@ def _dot_half(typingctx, q, q_off, k, k_off, n):
     return types.float32(q, types.intp, k, types.intp, types.intp), codegen
 
 
-@intrinsic
-def _axpy_half(typingctx, p, v, v_off, acc, acc_off, n):
-    """acc[acc_off : acc_off+n] += p * v[v_off : v_off+n] for f16-bit-pattern v; n % 8 == 0."""
-    check_arrays((v, types.uint16), (acc, types.float32))
+def _make_pv(width: int):
+    """An intrinsic pv(p, p_off, n, v, v_off, v_stride, acc, acc_off): for t < n in order,
+    acc[acc_off : acc_off+width] += p[p_off + t] * v[v_off + t * v_stride : ... + width], with v
+    f16 bit patterns. The width/8 accumulators stay in registers for the n positions (one
+    load and one store of acc per call, not per position); each element's sum is the same
+    sequence of fmuladds as one position at a time."""
+    n_vec = width // 8
 
     def codegen(context, builder, sig, args):
-        vp, _ = array_data(context, builder, sig.args[1], args[1])
-        ap, _ = array_data(context, builder, sig.args[3], args[3])
-        v0 = builder.gep(vp, [builder.mul(args[2], ir.Constant(I64, 2))])
-        a0 = builder.gep(ap, [builder.mul(args[4], ir.Constant(I64, 4))])
-        pv = splat(builder, args[0], _V8F)
-        with cgutils.for_range(builder, builder.sdiv(args[5], ir.Constant(I64, 8))) as loop:
-            i = loop.index
-            vv = half_to_float(builder, builder.gep(v0, [builder.mul(i, ir.Constant(I64, 16))]), 8)
-            ptr = builder.bitcast(builder.gep(a0, [builder.mul(i, ir.Constant(I64, 32))]), _V8F.as_pointer())
-            builder.store(fmuladd(builder, pv, vv, builder.load(ptr, align=4)), ptr, align=4)
+        pp, _ = array_data(context, builder, sig.args[0], args[0])
+        vp, _ = array_data(context, builder, sig.args[3], args[3])
+        ap, _ = array_data(context, builder, sig.args[6], args[6])
+        p0 = builder.bitcast(builder.gep(pp, [builder.mul(args[1], ir.Constant(I64, 4))]), F32.as_pointer())
+        a0 = builder.gep(ap, [builder.mul(args[7], ir.Constant(I64, 4))])
+        a_ptrs = [builder.bitcast(builder.gep(a0, [ir.Constant(I64, 32 * c)]), _V8F.as_pointer()) for c in range(n_vec)]
+        accs = [cgutils.alloca_once_value(builder, builder.load(ptr, align=4)) for ptr in a_ptrs]
+        with cgutils.for_range(builder, args[2]) as loop:
+            t = loop.index
+            pv = splat(builder, builder.load(builder.gep(p0, [t])), _V8F)
+            row = builder.gep(vp, [builder.mul(builder.add(args[4], builder.mul(t, args[5])), ir.Constant(I64, 2))])
+            for c in range(n_vec):
+                vv = half_to_float(builder, builder.gep(row, [ir.Constant(I64, 16 * c)]), 8)
+                builder.store(fmuladd(builder, pv, vv, builder.load(accs[c])), accs[c])
+        for acc, ptr in zip(accs, a_ptrs):
+            builder.store(builder.load(acc), ptr, align=4)
         return context.get_dummy_value()
 
-    return types.void(types.float32, v, types.intp, acc, types.intp, types.intp), codegen
+    @intrinsic
+    def pv(typingctx, p, p_off, n, v, v_off, v_stride, acc, acc_off):
+        check_arrays((p, types.float32), (v, types.uint16), (acc, types.float32))
+        return types.void(p, types.intp, types.intp, v, types.intp, types.intp, acc, types.intp), codegen
+
+    return pv
+
+
+_pv64, _pv8 = _make_pv(64), _make_pv(8)
 
 
 @jit(parallel=True, fastmath=True)
@@ -109,12 +126,18 @@ def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, ou
                 row[t] -= best
             exp_inplace(row, n_ctx)
         acc = np.zeros((group, head_dim), np.float32)
-        for j in range(n_blocks):
-            b = table[j]
-            for o in range(min(block_size, n_ctx - j * block_size)):
-                v_off = ((b * block_size + o) * n_kv + g) * head_dim
-                for hh in range(group):
-                    _axpy_half(scores[hh, j * block_size + o], v_cache, v_off, acc, hh * head_dim, head_dim)
+        for j in range(n_blocks):  # a cache block's positions at a time, the accumulators in registers
+            v_off = ((table[j] * block_size) * n_kv + g) * head_dim
+            n = min(block_size, n_ctx - j * block_size)
+            for hh in range(group):
+                if head_dim % 64 == 0:
+                    for d0 in range(0, head_dim, 64):
+                        _pv64(scores, hh * n_ctx + j * block_size, n, v_cache, v_off + d0, n_kv * head_dim,
+                              acc, hh * head_dim + d0)
+                else:
+                    for d0 in range(0, head_dim, 8):
+                        _pv8(scores, hh * n_ctx + j * block_size, n, v_cache, v_off + d0, n_kv * head_dim,
+                             acc, hh * head_dim + d0)
         for hh in range(group):
             total = np.float32(0.0)
             for t in range(n_ctx):

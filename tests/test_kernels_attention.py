@@ -33,10 +33,11 @@ def _paged(rng, n_seqs, max_len, n_kv_heads, d, bs=8):
     return k, v, tables
 
 
-@pytest.mark.parametrize("n_heads,n_kv_heads", [(4, 4), (4, 2), (9, 3), (8, 1)])
-def test_attention_matches_reference(n_heads, n_kv_heads):
+@pytest.mark.parametrize("n_heads,n_kv_heads,d", [(4, 4, 16), (4, 2, 16), (9, 3, 16), (8, 1, 16), (9, 3, 64),
+                                                  (4, 2, 128), (2, 1, 72)])
+def test_attention_matches_reference(n_heads, n_kv_heads, d):
+    """Head dims that are multiples of 64 take the 64-wide P.V path, others the 8-wide one."""
     rng = np.random.default_rng(0)
-    d = 16
     k_cache, v_cache, tables = _paged(rng, 3, 40, n_kv_heads, d)
     # a packed step: a 5-token prompt chunk of sequence 2, a decode token of 0 and of 1
     token_seq = np.array([2, 2, 2, 2, 2, 0, 1], np.int64)
