@@ -65,6 +65,16 @@ def _unpack_block(builder, fmt, blk):
     return [builder.fmul(builder.sitofp(builder.sub(q, eight), _V8F), d) for q in nibbles]
 
 
+PREFETCH_ROWS = 4  # measured: decode (one row) over the default model's blocks 0.92x the time
+
+
+def prefetch(builder, ptr) -> None:
+    """Hint the CPU to fetch the cache line at i8* ptr (never faults, even past an array's end)."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, I32, I32]),
+                                        "llvm.prefetch.p0i8")
+    builder.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])  # read, keep, data
+
+
 def block_dots(fmt: str, n_rows: int, n_outs: int = 1):
     """An intrinsic dots(w, o, x, r0, out): out[r0 + i, o + j] = w[o + j] . x[r0 + i] for
     i < n_rows, j < n_outs. w is uint8 blocks of format fmt, or "F32": f32 weights (in_features a
@@ -117,6 +127,11 @@ def block_dots(fmt: str, n_rows: int, n_outs: int = 1):
         builder.position_at_end(loop)
         b = builder.phi(I64)
         accs = {e: [builder.phi(_V8F), builder.phi(_V8F)] for e in tile}
+        if quantized:  # the same block PREFETCH_ROWS rows on, which this thread reads next
+            ahead = builder.add(builder.mul(ir.Constant(I64, PREFETCH_ROWS), row_bytes),
+                                builder.mul(b, ir.Constant(I64, BLOCK_BYTES[fmt])))
+            for w_row in w_rows:
+                prefetch(builder, builder.gep(w_row, [ahead]))
         new_accs = {}
         for j in range(n_outs):
             parts = weights(w_rows[j], b)
