@@ -86,12 +86,38 @@ def bench_qmatmul(n_rows: int, fmt: str) -> None:
           f"{size / t / 1e9:5.1f} GB/s  {2 * macs / t / 1e9:5.1f} GFLOP/s")
 
 
+def bench_prompt_linear(n_rows: int) -> None:
+    """engine.weights.linear on many rows of a Q4_1 FFN matrix (dequantized rows, f32 tiles),
+    against NumPy's BLAS on the same dequantized weights (one call, all rows: what a prompt
+    would cost if batch invariance did not matter)."""
+    from engine.weights import QuantMatrix, dequantize, linear
+
+    rng = np.random.default_rng(6)
+    for o, k in ((F, D * H), (D * H, F)):
+        blocks = rng.integers(0, 256, (o, k // 32, BLOCK_BYTES["Q4_1"]), dtype=np.uint8)
+        blocks[..., 0:2] = np.array([0.01], np.float16).view(np.uint8)
+        blocks[..., 2:4] = np.array([-0.05], np.float16).view(np.uint8)
+        m = QuantMatrix(blocks.reshape(o, -1), "Q4_1")
+        x = rng.standard_normal((n_rows, k)).astype(np.float32)
+        wt = dequantize(m).T
+        t_ours = timed(lambda: linear(x, m), 10)
+        t_blas = timed(lambda: x @ wt, 10)
+        time.sleep(0.3)  # OpenBLAS's threads spin ~0.1 s after a call, taking the cores from numba's
+        flops = 2 * n_rows * o * k
+        print(f"linear Q4_1 ({o}x{k}) N={n_rows}: {t_ours * 1e3:7.2f} ms {flops / t_ours / 1e9:6.1f} GFLOP/s;"
+              f" BLAS on dequantized weights {t_blas * 1e3:7.2f} ms {flops / t_blas / 1e9:6.1f} GFLOP/s;"
+              f" ratio {t_blas / t_ours:.2f}")
+
+
 def main() -> None:
     for fmt in ("Q4_1", "Q8_0"):
         bench_qmatmul(1, fmt)
         bench_qmatmul(8, fmt)
     bench_matmul(1)
     bench_matmul(8)
+    bench_prompt_linear(512)
+    bench_prompt_linear(20)
+    bench_prompt_linear(1)
     bench_attention(1, 128)
     bench_attention(1, 1024)
     bench_attention(512, 512)
