@@ -1,6 +1,7 @@
 """LLVM-IR building blocks for the few kernels numba's vectorizer cannot write well.
 
-Owns: the IR types, `splat`, `fmuladd`, `hsum`, `half_to_float`, `array_data`, `check_arrays`.
+Owns: the IR types, `splat`, `fmuladd`, `hsum`, `half_to_float`, `prefetch`, `array_data`,
+`check_arrays`.
 Imports: llvmlite, numba. Used by: kernels.quant (block-quantized dots), kernels.attention
 (f16 KV-cache rows).
 
@@ -73,6 +74,14 @@ def half_to_float(builder, ptr, n: int = 1, native: bool = NATIVE_HALF):
     scale = ir.Constant(F32, 2.0 ** 112) if n == 1 else ir.Constant(fty, [2.0 ** 112] * n)
     value = builder.fmul(builder.bitcast(magnitude, fty), scale)
     return builder.bitcast(builder.or_(builder.bitcast(value, bits.type), sign), fty)
+
+
+def prefetch(builder, ptr) -> None:
+    """Hint the CPU to fetch the cache line at i8* ptr for reading (a hint: it never faults,
+    even past the end of an array)."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [I8.as_pointer(), I32, I32, I32]),
+                                        "llvm.prefetch.p0i8")
+    builder.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])  # read, keep, data
 
 
 def array_data(context, builder, array_type, value):
