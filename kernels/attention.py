@@ -104,7 +104,11 @@ def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, ou
     n_kv = k_cache.shape[2]
     group = n_heads // n_kv
     for job in prange(n_tokens * n_kv):
-        i = job // n_kv
+        # Jobs are split between threads in contiguous ranges, and a prompt's later tokens see
+        # more context: fold the order (tokens 0, N-1, 1, N-2, ...) so each range gets its share
+        # of long and short ones.
+        t = job // n_kv
+        i = t // 2 if t % 2 == 0 else n_tokens - 1 - t // 2
         g = job % n_kv
         table = block_tables[token_seq[i]]
         n_ctx = positions[i] + 1
