@@ -19,7 +19,7 @@ from engine.batch import StepBatch
 from engine.config import ModelConfig
 from engine.kv_cache import KVCache
 from engine.weights import LayerWeights, Weights, embed, linear
-from kernels import apply_rope, attention, rms_norm_rows, silu_mul
+from kernels import apply_rope, attention, rms_norm_rows, silu_mul, store_kv
 
 
 class Transformer:
@@ -55,9 +55,8 @@ def attention_block(m: Transformer, lw: LayerWeights, cache: KVCache, layer: int
     apply_rope(q, batch.positions, m.cos, m.sin)  # (N, H, D) in place
     apply_rope(k, batch.positions, m.cos, m.sin)  # (N, Hkv, D) in place
     k_layer, v_layer = cache.k[layer], cache.v[layer]  # (n_blocks, BS, Hkv, D) views
-    # scatter by position, rounded to half precision (the cache's format)
-    k_layer.reshape(-1, cfg.n_kv_heads, cfg.head_dim)[batch.kv_index] = k.astype(np.float16).view(np.uint16)
-    v_layer.reshape(-1, cfg.n_kv_heads, cfg.head_dim)[batch.kv_index] = v.astype(np.float16).view(np.uint16)
+    slots = (-1, cfg.n_kv_heads, cfg.head_dim)  # scatter by position, rounded to f16 (the cache's format)
+    store_kv(k, v, batch.kv_index, k_layer.reshape(slots), v_layer.reshape(slots))
     out = np.empty_like(q)  # (N, H, D)
     attention(q, k_layer, v_layer, batch.block_tables, batch.token_seq, batch.positions, m.scale,
               out)

@@ -5,7 +5,7 @@ Imports nothing of ours outside kernels/. Used by: engine.
 
 import kernels._env  # noqa: F401, I001  (first: thread settings before numba starts OpenMP)
 from kernels.activations import silu_mul
-from kernels.attention import attention
+from kernels.attention import attention, store_kv
 from kernels.matmul import matmul_rows
 from kernels.norm import rms_norm_rows
 from kernels.penalties import apply_logit_bias, apply_penalties
@@ -28,4 +28,5 @@ __all__ = [
     "sample_rows",
     "silu_mul",
     "softmax_temperature",
+    "store_kv",
 ]

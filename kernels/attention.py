@@ -1,6 +1,6 @@
 """Causal grouped-query attention of a packed batch of tokens over a paged f16 KV cache.
 
-Owns: `attention`. Imports: numpy, numba, llvmlite, kernels._ir, kernels._jit, kernels.expf.
+Owns: `attention`, `store_kv`, `half_bits`. Imports: numpy, numba, llvmlite, kernels._ir, kernels._jit, kernels.expf.
 Used by: engine.model.
 
 The cache holds keys and values as IEEE half bit patterns (uint16: numba has no float16), half
@@ -80,6 +80,45 @@ def _make_pv(width: int):
 
 
 _pv64, _pv8 = _make_pv(64), _make_pv(8)
+
+
+@jit()
+def half_bits(f):
+    """IEEE half bit pattern (uint16) of the f32 whose bits are the uint32 f, rounded to nearest
+    even as NumPy's astype(np.float16) does it (overflow to inf, NaN kept a NaN, subnormals
+    rounded)."""
+    sign = (f >> np.uint32(16)) & np.uint32(0x8000)
+    exp = f & np.uint32(0x7F800000)
+    if exp >= np.uint32(0x47800000):  # |x| >= 65536, inf or NaN
+        mant = f & np.uint32(0x007FFFFF)
+        if exp == np.uint32(0x7F800000) and mant != 0:
+            h = np.uint32(0x7C00) + (mant >> np.uint32(13))
+            return np.uint16(sign + (h if h != np.uint32(0x7C00) else np.uint32(0x7C01)))
+        return np.uint16(sign + np.uint32(0x7C00))
+    if exp <= np.uint32(0x38000000):  # a half subnormal, or zero
+        if exp < np.uint32(0x33000000):
+            return np.uint16(sign)
+        mant = (np.uint32(0x00800000) + (f & np.uint32(0x007FFFFF))) >> (np.uint32(113) - (exp >> np.uint32(23)))
+        if (mant & np.uint32(0x3FFF)) != np.uint32(0x1000) or (f & np.uint32(0x7FF)) != 0:
+            mant += np.uint32(0x1000)
+        return np.uint16(sign + (mant >> np.uint32(13)))
+    mant = f & np.uint32(0x007FFFFF)
+    if (mant & np.uint32(0x3FFF)) != np.uint32(0x1000):
+        mant += np.uint32(0x1000)
+    return np.uint16(sign + ((exp - np.uint32(0x38000000)) >> np.uint32(13)) + (mant >> np.uint32(13)))
+
+
+@jit()
+def store_kv(k, v, kv_index, k_cache, v_cache):
+    """k_cache[kv_index[i]] = half(k[i]) and the same for v, for k, v (N, Hkv, D) f32 and the
+    caches (n_blocks * BS, Hkv, D) uint16 (one layer, as f16 bit patterns)."""
+    k_bits, v_bits = k.view(np.uint32), v.view(np.uint32)
+    for i in range(k.shape[0]):
+        slot = kv_index[i]
+        for h in range(k.shape[1]):
+            for d in range(k.shape[2]):
+                k_cache[slot, h, d] = half_bits(k_bits[i, h, d])
+                v_cache[slot, h, d] = half_bits(v_bits[i, h, d])
 
 
 @jit(parallel=True, fastmath=True)

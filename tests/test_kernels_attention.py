@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kernels import apply_rope, attention, silu_mul
+from kernels import apply_rope, attention, silu_mul, store_kv
 
 
 def attention_reference(q, k_cache, v_cache, tables, token_seq, positions, scale):
@@ -125,3 +125,25 @@ def test_half_widening_without_f16c_is_exact():
     out = np.empty(65536, np.float32)
     widen(bits, out)
     assert np.array_equal(out[finite], bits.view(np.float16)[finite].astype(np.float32))
+
+
+def test_store_kv_rounds_to_half_like_numpy():
+    """The cache holds f16 bit patterns: store_kv rounds as astype(np.float16) does, for ties,
+    subnormals, overflow, inf and NaN too, and writes each token at its slot."""
+    rng = np.random.default_rng(7)
+    halves = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    halves = halves[np.isfinite(halves)]
+    edge = np.concatenate([halves, np.nextafter(halves, np.float32(np.inf)), np.nextafter(halves, -np.float32(np.inf)),
+                           (halves.astype(np.float64) * (1 + 2.0**-11)).astype(np.float32),  # exact ties
+                           np.array([65519.0, 65520.0, 1e6, -1e6, np.inf, -np.inf, np.nan, 1e-8, -3e-8], np.float32),
+                           rng.standard_normal(20000).astype(np.float32) * 10.0 ** rng.integers(-9, 6, 20000)])
+    edge = np.concatenate([edge, np.zeros(-len(edge) % 8, np.float32)])
+    k = edge.reshape(-1, 2, 4).astype(np.float32)
+    v = -k
+    index = rng.permutation(len(k) + 5)[:len(k)].astype(np.int64)
+    k_cache = np.zeros((len(k) + 5, 2, 4), np.uint16)
+    v_cache = np.zeros_like(k_cache)
+    store_kv(k, v, index, k_cache, v_cache)
+    with np.errstate(all="ignore"):
+        assert np.array_equal(k_cache[index], k.astype(np.float16).view(np.uint16))
+        assert np.array_equal(v_cache[index], v.astype(np.float16).view(np.uint16))
