@@ -100,8 +100,8 @@ def bench_prompt_linear(n_rows: int) -> None:
         m = QuantMatrix(blocks.reshape(o, -1), "Q4_1")
         x = rng.standard_normal((n_rows, k)).astype(np.float32)
         wt = dequantize(m).T
-        t_ours = timed(lambda: linear(x, m), 10)
-        t_blas = timed(lambda: x @ wt, 10)
+        t_ours = timed(lambda x=x, m=m: linear(x, m), 10)
+        t_blas = timed(lambda x=x, wt=wt: x @ wt, 10)
         time.sleep(0.3)  # OpenBLAS's threads spin ~0.1 s after a call, taking the cores from numba's
         flops = 2 * n_rows * o * k
         print(f"linear Q4_1 ({o}x{k}) N={n_rows}: {t_ours * 1e3:7.2f} ms {flops / t_ours / 1e9:6.1f} GFLOP/s;"

@@ -30,7 +30,8 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from kernels._ir import F32, I8, I32, I64, check_arrays, fmuladd, half_to_float, hsum, prefetch, splat
+from kernels._ir import (F32, I8, I32, I64, check_arrays, fmuladd, half_to_float, hsum, prefetch,
+                         splat)
 from kernels._jit import jit
 
 QK = 32  # weights per block, all three formats
