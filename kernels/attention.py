@@ -44,6 +44,49 @@ def _dot_half(typingctx, q, q_off, k, k_off, n):
     return types.float32(q, types.intp, k, types.intp, types.intp), codegen
 
 
+def _make_qk(head_dim: int):
+    """An intrinsic qk(q, q_off, group, k, k_off, k_stride, n, scores, s_off, s_row, scale): for
+    t < n and each head hh < group of a GQA group, scores[s_off + hh * s_row + t] =
+    (q[q_off + hh * head_dim : ...] . k[k_off + t * k_stride : ...]) * scale, k f16 bit patterns.
+    Each cache row is widened to f32 once for the whole group (it stays in registers); each
+    score is the same sequence of fmuladds and the same halving sum as `_dot_half`."""
+    n_vec = head_dim // 8
+
+    def codegen(context, builder, sig, args):
+        qp, _ = array_data(context, builder, sig.args[0], args[0])
+        kp, _ = array_data(context, builder, sig.args[3], args[3])
+        sp, _ = array_data(context, builder, sig.args[7], args[7])
+        q_off, group, k_off, k_stride, n, s_off, s_row, scale = (args[i] for i in (1, 2, 4, 5, 6, 8, 9, 10))
+        q0 = builder.bitcast(builder.gep(qp, [builder.mul(q_off, ir.Constant(I64, 4))]), F32.as_pointer())
+        s0 = builder.bitcast(builder.gep(sp, [builder.mul(s_off, ir.Constant(I64, 4))]), F32.as_pointer())
+        with cgutils.for_range(builder, n) as pos:
+            t = pos.index
+            row = builder.gep(kp, [builder.mul(builder.add(k_off, builder.mul(t, k_stride)), ir.Constant(I64, 2))])
+            kv = [half_to_float(builder, builder.gep(row, [ir.Constant(I64, 16 * c)]), 8) for c in range(n_vec)]
+            with cgutils.for_range(builder, group) as head:
+                hh = head.index
+                qh = builder.gep(q0, [builder.mul(hh, ir.Constant(I64, head_dim))])
+                acc = ir.Constant(_V8F, [0.0] * 8)
+                for c in range(n_vec):
+                    qv = builder.load(builder.bitcast(builder.gep(qh, [ir.Constant(I64, 8 * c)]), _V8F.as_pointer()),
+                                      align=4)
+                    acc = fmuladd(builder, qv, kv[c], acc)
+                dst = builder.gep(s0, [builder.add(builder.mul(hh, s_row), t)])
+                builder.store(builder.fmul(hsum(builder, acc), scale), dst)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def qk(typingctx, q, q_off, group, k, k_off, k_stride, n, scores, s_off, s_row, scale):
+        check_arrays((q, types.float32), (k, types.uint16), (scores, types.float32))
+        return types.void(q, types.intp, types.intp, k, types.intp, types.intp, types.intp, scores, types.intp,
+                          types.intp, types.float32), codegen
+
+    return qk
+
+
+_qk64, _qk128 = _make_qk(64), _make_qk(128)
+
+
 def _make_pv(width: int):
     """An intrinsic pv(p, p_off, n, v, v_off, v_stride, acc, acc_off): for t < n in order,
     acc[acc_off : acc_off+width] += p[p_off + t] * v[v_off + t * v_stride : ... + width], with v
@@ -153,13 +196,20 @@ def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, ou
         n_ctx = positions[i] + 1
         n_blocks = (n_ctx + block_size - 1) // block_size  # block by block: no division per position
         scores = np.empty((group, n_ctx), np.float32)
-        for j in range(n_blocks):
+        q_off = (i * n_heads + g * group) * head_dim
+        for j in range(n_blocks):  # a cache block at a time, each K row widened once per group
             b = table[j]
-            for o in range(min(block_size, n_ctx - j * block_size)):
-                k_off = ((b * block_size + o) * n_kv + g) * head_dim
-                for hh in range(group):
-                    s = _dot_half(q, (i * n_heads + g * group + hh) * head_dim, k_cache, k_off, head_dim)
-                    scores[hh, j * block_size + o] = s * scale
+            n = min(block_size, n_ctx - j * block_size)
+            k_off = ((b * block_size) * n_kv + g) * head_dim
+            if head_dim == 64:
+                _qk64(q, q_off, group, k_cache, k_off, n_kv * head_dim, n, scores, j * block_size, n_ctx, scale)
+            elif head_dim == 128:
+                _qk128(q, q_off, group, k_cache, k_off, n_kv * head_dim, n, scores, j * block_size, n_ctx, scale)
+            else:
+                for o in range(n):
+                    for hh in range(group):
+                        s = _dot_half(q, q_off + hh * head_dim, k_cache, k_off + o * n_kv * head_dim, head_dim)
+                        scores[hh, j * block_size + o] = s * scale
         for hh in range(group):  # softmax numerators, in place
             row = scores[hh]
             best = np.float32(-np.inf)
