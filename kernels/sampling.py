@@ -1,7 +1,7 @@
 """Token sampling: temperature softmax, top-k / top-p (nucleus) / min-p filtering, and the draw.
 
 Owns: `softmax_temperature`, `filter_candidates`, `draw`, `sample_rows`, `argmax_rows`.
-Imports: numpy, kernels._jit, kernels.expf. Used by: engine.sampling.
+Imports: numpy, numba, kernels._jit, kernels.expf. Used by: engine.sampling.
 
 The order is fixed (DESIGN.md): temperature -> top-k -> top-p -> min-p -> draw. Top-p is taken on
 the distribution renormalised after top-k; min-p compares with the most likely token. The draw
@@ -10,6 +10,7 @@ is in the batch.
 """
 
 import numpy as np
+from numba import prange
 
 from kernels._jit import jit
 from kernels.expf import exp_inplace
@@ -132,15 +133,16 @@ def argmax_rows(logits, out):
         out[b] = np.argmax(logits[b])
 
 
-@jit()
+@jit(parallel=True)
 def sample_rows(logits, temperature, top_k, top_p, min_p, coins, out):
     """Sample one token per row of logits (B, V) f32 into out (B,) int64.
 
     Per-row (B,) parameters: temperature f32 (0 -> argmax), top_k int64, top_p f32, min_p f32,
-    coins f64 uniform numbers in [0, 1). Rows are independent of each other.
+    coins f64 uniform numbers in [0, 1). Rows are independent of each other (and run in
+    parallel: a row's softmax over a 49k vocabulary is ~0.14 ms).
     """
-    probs = np.empty(logits.shape[1], np.float32)
-    for b in range(logits.shape[0]):
+    for b in prange(logits.shape[0]):
+        probs = np.empty(logits.shape[1], np.float32)
         if temperature[b] <= 0.0:
             out[b] = np.argmax(logits[b])
             continue
