@@ -3,11 +3,12 @@ tokens generate at least 2.2x the tokens per second of one stream, measured in t
 (three alternating rounds, medians).
 
 Issue 4 asked for 3x when one stream decoded at ~30 tok/s from f32 weights. Native Q4_1 kernels
-(issue 5) doubled the single stream (~62 tok/s) and raised 8 streams from ~104 to 145-185 tok/s,
-but the ratio fell to 2.4-3.1x on this noisy 2-core machine: a decode row now costs mostly f32
-FMAs (~26 ms of a 33 ms step for 8 rows), which batching cannot share, rather than weight reads,
-which it can. Rows processed one at a time would give ~1x; the bar sits below the lowest ratio
-seen (2.38x) until the batched kernel gets faster (see bench/RESULTS.md)."""
+(issue 5) tripled the single stream (60-94 tok/s) and raised 8 streams from ~104 to 180-236
+tok/s, but the ratio fell to 2.5-2.9x on this noisy 2-core machine: a decode row now costs
+mostly f32 FMAs, which batching cannot share, rather than weight reads, which it can; and the
+event loop shares the two cores with the engine. Rows processed one at a time would give ~1x.
+With GOMP_SPINCOUNT=10000 this test once measured 2.18x on a clean clone; kernels/_env.py now
+sets 100000 (2.49-2.87x since). The bar sits below the lowest ratio seen with it."""
 
 import http.client
 import itertools
