@@ -1,12 +1,12 @@
 """Causal grouped-query attention of a packed batch of tokens over a paged f16 KV cache.
 
-Owns: `attention`, `store_kv`, `half_bits`. Imports: numpy, numba, llvmlite, kernels._ir, kernels._jit, kernels.expf.
-Used by: engine.model.
+Owns: `attention`, `store_kv`, `half_bits`. Imports: numpy, numba, llvmlite, kernels._ir,
+kernels._jit, kernels.expf. Used by: engine.model.
 
 The cache holds keys and values as IEEE half bit patterns (uint16: numba has no float16), half
-the memory of f32, as llama.cpp keeps them. The two inner loops, q . k over a cache row and
-acc += p * v (a cache block at a time), are LLVM-IR intrinsics that widen 8 halves per instruction (F16C / ARM) and
-accumulate in f32 with a fixed order.
+the memory of f32, as llama.cpp keeps them; `store_kv` rounds a step's keys and values into it.
+The two inner loops, q . k and acc += p * v, run a cache block at a time in LLVM-IR intrinsics
+that widen 8 halves per instruction (F16C / ARM) and accumulate in f32 with a fixed order.
 """
 
 import numpy as np
