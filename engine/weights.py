@@ -12,7 +12,6 @@ llama.cpp's interleaving permutation (for quantized rows too: a row's blocks mov
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,30 +90,15 @@ def linear(x: np.ndarray, w: Matrix) -> np.ndarray:
     else:
         n_out, k = w.shape
         step = max(1, SCRATCH_BYTES // (4 * k))
-        scratch = _scratch(min(step, n_out) * k)
         for o in range(0, n_out, step):
             rows = np.arange(o, min(o + step, n_out))
-            wf = scratch[:len(rows) * k].reshape(len(rows), k)
-            dequantize_rows(w.data, w.code, rows, wf)
             if len(rows) == n_out:
-                matmul_rows(x, wf, out)
+                matmul_rows(x, dequantize(w, rows), out)
             else:
                 part = np.empty((len(x), len(rows)), np.float32)
-                matmul_rows(x, wf, part)
+                matmul_rows(x, dequantize(w, rows), part)
                 out[:, o:o + len(rows)] = part
     return out
-
-
-_local = threading.local()
-
-
-def _scratch(n: int) -> np.ndarray:
-    """A flat f32 buffer of at least n floats, one per thread (each engine has its own thread),
-    kept between calls: a fresh 4 MB array per matrix costs page faults on every prompt."""
-    buf = getattr(_local, "scratch", None)
-    if buf is None or len(buf) < n:
-        buf = _local.scratch = np.empty(n, np.float32)
-    return buf
 
 
 def dequantize(w: Matrix, rows: np.ndarray | None = None) -> np.ndarray:
