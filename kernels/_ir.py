@@ -1,7 +1,7 @@
 """LLVM-IR building blocks for the few kernels numba's vectorizer cannot write well.
 
 Owns: the IR types, `splat`, `fmuladd`, `hsum`, `half_to_float`, `prefetch`, `array_data`,
-`check_arrays`.
+`check_arrays`, and the scalar bit casts `float_bits` / `bits_float`.
 Imports: llvmlite, numba. Used by: kernels.quant (block-quantized dots), kernels.attention
 (f16 KV-cache rows).
 
@@ -15,6 +15,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
+from numba.extending import intrinsic
 
 F32, I8, I16, I32, I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 
@@ -96,3 +97,24 @@ def check_arrays(*specs):
     for a, dtype in specs:
         if not (isinstance(a, types.Array) and a.layout == "C" and a.dtype == dtype):
             raise TypingError(f"this kernel needs a C-contiguous {dtype} array, got {a}")
+
+
+@intrinsic
+def float_bits(typingctx, x):
+    """The IEEE bits of an f32 as an int32 (numba has no scalar view)."""
+    if x != types.float32:
+        raise TypingError(f"float_bits needs a float32, got {x}")
+    return types.int32(x), lambda context, builder, sig, args: builder.bitcast(args[0], I32)
+
+
+@intrinsic
+def bits_float(typingctx, i):
+    """The f32 whose IEEE bits are the low 32 bits of the integer i."""
+    if not isinstance(i, types.Integer):
+        raise TypingError(f"bits_float needs an integer, got {i}")
+
+    def codegen(context, builder, sig, args):
+        low = args[0] if i.bitwidth == 32 else builder.trunc(args[0], I32) if i.bitwidth > 32 \
+            else builder.zext(args[0], I32)
+        return builder.bitcast(low, F32)
+    return types.float32(i), codegen

@@ -1,6 +1,6 @@
 """Elementwise activations.
 
-Owns: `silu_mul`. Imports: numpy, numba, kernels._jit, kernels.expf. Used by: engine.model.
+Owns: `silu`, `silu_mul`. Imports: numpy, numba, kernels._jit, kernels.expf. Used by: engine.model.
 
 exp is kernels.expf's vectorized one (numba's np.exp is a scalar libm call per element, and
 NumPy costs four passes and a temporary).
@@ -10,7 +10,7 @@ import numpy as np
 from numba import prange
 
 from kernels._jit import jit
-from kernels.expf import exp_inplace
+from kernels.expf import expf
 
 
 @jit(parallel=True)
@@ -19,9 +19,11 @@ def silu_mul(gate, up, out):
     out written (may alias gate). Very negative gate: exp saturates at 2^127, the result is ~0."""
     n, f = gate.shape
     for i in prange(n):
-        e = np.empty(f, np.float32)
         for j in range(f):
-            e[j] = -gate[i, j]
-        exp_inplace(e, f)
-        for j in range(f):
-            out[i, j] = gate[i, j] / (np.float32(1.0) + e[j]) * up[i, j]
+            out[i, j] = silu(gate[i, j]) * up[i, j]
+
+
+@jit()
+def silu(g):
+    """g * sigmoid(g) of an f32, as g / (1 + exp(-g))."""
+    return g / (np.float32(1.0) + expf(-g))

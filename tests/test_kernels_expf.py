@@ -1,9 +1,9 @@
-"""kernels.expf.exp_inplace and kernels.silu_mul against NumPy."""
+"""kernels.expf (expf, exp_inplace) and kernels.silu_mul against NumPy."""
 
 import numpy as np
 
 from kernels import silu_mul
-from kernels.expf import exp_inplace
+from kernels.expf import exp_inplace, expf
 
 
 def test_exp_inplace_is_within_an_ulp_or_so_of_exp():
@@ -15,6 +15,17 @@ def test_exp_inplace_is_within_an_ulp_or_so_of_exp():
     ends = np.array([-100.0, -1e30, 1e30, 2000.0, 7.0], np.float32)
     exp_inplace(ends, 4)  # clamped to [-88, 88]: 0 below, exp(88) above; past n left alone
     assert ends.tolist() == [0.0, 0.0, y[-1], y[-1], 7.0]
+
+
+def test_a_vectorized_lane_gives_the_scalar_bits():
+    """exp_inplace runs expf 8 lanes at a time; every lane must round exactly as the scalar call,
+    across the clamps, the flush to zero and specials."""
+    x = np.concatenate([np.linspace(-95, 95, 4001), [-np.inf, np.inf, np.nan, 0.0, -0.0, -87.34, -86.99]])
+    x = x.astype(np.float32)
+    y = x.copy()
+    exp_inplace(y, len(y))
+    scalar = np.array([expf(v) for v in x], np.float32)
+    assert np.array_equal(y.view(np.int32), scalar.view(np.int32))
 
 
 def test_silu_mul_matches_numpy_and_saturates():
