@@ -3,7 +3,7 @@
 Owns: the IR types, `splat`, `fmuladd`, `hsum`, `half_to_float`, `prefetch`, `array_data`,
 `check_arrays`, and the scalar bit casts `float_bits` / `bits_float`.
 Imports: llvmlite, numba. Used by: kernels.quant (block-quantized dots), kernels.attention
-(f16 KV-cache rows).
+(f16 KV-cache rows), kernels.expf (the bit casts).
 
 Kernels that need explicit vectors are numba `intrinsic`s whose codegen uses these helpers.
 Every floating-point step is explicit (no fast-math flags: fmuladd, a fixed halving tree for
