@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from engine import Engine, EngineConfig, SamplingParams, load_model  # noqa: E402
 from engine.batch import StepBatch  # noqa: E402
 from engine.kv_cache import KVCache  # noqa: E402
-from engine.model import Transformer, forward  # noqa: E402
+from engine.model import forward  # noqa: E402
 from server.models import ember_home, pull  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
@@ -35,12 +35,11 @@ GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
 def ember_side(path: Path):
     cfg, weights = load_model(path)
     engine = Engine(cfg, weights, EngineConfig(max_seqs=1, max_seq_len=512))
-    model = Transformer(cfg, weights, 512)
 
     def logits(ids):  # one forward pass over the prompt, in a cache of its own
         blocks = list(range(-(-len(ids) // 16)))
         cache = KVCache(cfg, len(blocks), 16)
-        return forward(model, cache, StepBatch.pack([(ids, 0, blocks)], 16))[0]
+        return forward(engine.model, cache, StepBatch.pack([(ids, 0, blocks)], 16))[0]
 
     def greedy(ids, n):
         return list(engine.generate(ids, SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)))
