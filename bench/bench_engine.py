@@ -1,11 +1,15 @@
-"""Prefill and single-stream decode speed of the default model, side by side with llama.cpp.
+"""Prefill, single-stream decode and 8-sequence decode speed of the default model, side by side
+with llama.cpp.
 
     python bench/bench_engine.py [--model PATH] [--runs 5]
 
 Figures (PERFORMANCE.md): prefill = a 512-token prompt from an empty cache, tok/s; decode = 128
 tokens generated one at a time after a 16-token prompt, greedy, tok/s timed from the first
-generated token. When llama-cpp-python is importable, llama.cpp runs the same GGUF with the same
-thread count in the same process, the two sides alternate, and the ratios are printed.
+generated token; 8 sequences = the same for 8 different prompts decoded together in the engine
+(no HTTP), aggregate tok/s timed from the step after the last prompt, compared with llama.cpp's
+single-stream decode (the issue's target). When llama-cpp-python is importable, llama.cpp runs
+the same GGUF with the same thread count in the same process, the two sides alternate, and the
+ratios are printed.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ import numpy as np  # noqa: E402
 from engine import Engine, EngineConfig, SamplingParams, load_model  # noqa: E402
 from server.models import ember_home, pull  # noqa: E402
 
-N_PREFILL, N_PROMPT, N_DECODE = 512, 16, 128
+N_PREFILL, N_PROMPT, N_DECODE, N_SEQS = 512, 16, 128, 8
 
 
 def ember_side(path: Path):
     cfg, weights = load_model(path)
-    engine = Engine(cfg, weights, EngineConfig(max_seqs=1, max_seq_len=1024, max_batch_tokens=512))
+    engine = Engine(cfg, weights, EngineConfig(max_seqs=N_SEQS, max_seq_len=1024, max_batch_tokens=512))
     engine.warmup()
 
     def prefill(ids):
@@ -46,7 +50,20 @@ def ember_side(path: Path):
             ids, SamplingParams(temperature=0, max_tokens=N_DECODE, ignore_eos=True))]
         return (len(times) - 1) / (times[-1] - times[0])
 
-    return prefill, decode
+    def decode_together(prompts):
+        engine.cache.clear_prefixes()
+        params = SamplingParams(temperature=0, max_tokens=N_DECODE, ignore_eos=True)
+        for i, ids in enumerate(prompts):
+            engine.add_request(f"seq{i}", ids, params)
+        sched = engine.scheduler
+        while sched.waiting or any(r.n_computed < len(r.prompt_ids) for r in sched.running):
+            engine.step()  # the prompts, each ending with its first token
+        start = time.perf_counter()
+        while engine.has_unfinished:
+            engine.step()
+        return len(prompts) * (N_DECODE - 1) / (time.perf_counter() - start)
+
+    return prefill, decode, decode_together
 
 
 def llama_cpp_side(path: Path, threads: int):
@@ -88,25 +105,33 @@ def main() -> None:
     long_ids = rng.integers(100, 40000, N_PREFILL).tolist()
     short_ids = rng.integers(100, 40000, N_PROMPT).tolist()
 
-    sides = {"ember": ember_side(path)}
+    seq_ids = [rng.integers(100, 40000, N_PROMPT).tolist() for _ in range(N_SEQS)]
+
+    ember_prefill, ember_decode, ember_together = ember_side(path)
+    sides = {"ember": (ember_prefill, ember_decode)}
     try:
         sides["llama.cpp"] = llama_cpp_side(path, threads)
     except ImportError:
         print("llama-cpp-python is not importable: measuring ember alone")
     results = {name: {"prefill": [], "decode": []} for name in sides}
+    together = []
     for _ in range(args.runs):  # alternate the sides so drifts in machine load hit both
         for name, (prefill, decode) in sides.items():
             results[name]["prefill"].append(prefill(long_ids))
             results[name]["decode"].append(decode(short_ids))
+        together.append(ember_together(seq_ids))
 
     print(f"model {path.name}, threads {threads}, runs {args.runs}")
     for name, r in results.items():
         print(f"{name:10s} prefill {N_PREFILL}: {summary(r['prefill'])}")
         print(f"{name:10s} decode {N_DECODE}:  {summary(r['decode'])}")
+    print(f"ember      {N_SEQS} sequences: {summary(together)}")
     if "llama.cpp" in results:
         for fig in ("prefill", "decode"):
             ratio = statistics.median(results["ember"][fig]) / statistics.median(results["llama.cpp"][fig])
             print(f"ratio ember / llama.cpp, {fig}: {ratio:.2f}x")
+        ratio = statistics.median(together) / statistics.median(results["llama.cpp"]["decode"])
+        print(f"ratio ember {N_SEQS} sequences / llama.cpp single-stream decode: {ratio:.2f}x")
 
 
 if __name__ == "__main__":
