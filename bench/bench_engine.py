@@ -6,10 +6,10 @@ with llama.cpp.
 Figures (PERFORMANCE.md): prefill = a 512-token prompt from an empty cache, tok/s; decode = 128
 tokens generated one at a time after a 16-token prompt, greedy, tok/s timed from the first
 generated token; 8 sequences = the same for 8 different prompts decoded together in the engine
-(no HTTP), aggregate tok/s timed from the step after the last prompt, compared with llama.cpp's
-single-stream decode (the issue's target). When llama-cpp-python is importable, llama.cpp runs
-the same GGUF with the same thread count in the same process, the two sides alternate, and the
-ratios are printed.
+(no HTTP: bench_server.py measures that), aggregate tok/s timed from the step after the last
+prompt, compared with llama.cpp's single-stream decode. When llama-cpp-python is importable,
+llama.cpp runs the same GGUF with the same thread count in the same process, the two sides
+alternate, and the ratios are printed.
 """
 
 from __future__ import annotations
