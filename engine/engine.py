@@ -1,11 +1,15 @@
 """The engine: token ids in, token ids out, one batched step at a time. No threads, no I/O.
 
-Owns: `Engine`. Imports: engine.*. Used by: server (from its engine thread), the CLI, tests.
+Owns: `Engine`. Imports: numpy, engine.*, kernels (one warm-up call). Used by: server (from its
+engine thread), the CLI, tests.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from engine.config import EngineConfig, ModelConfig
+from engine.grammar import Grammar, mask_words
 from engine.kv_cache import KVCache
 from engine.model import Transformer
 from engine.request import Request, RequestOutput
@@ -13,6 +17,7 @@ from engine.runner import ModelRunner
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
 from engine.weights import Weights
+from kernels import apply_token_mask
 
 
 class Engine:
@@ -31,8 +36,9 @@ class Engine:
         self.last_step_tokens = 0  # tokens computed by the last step (for metrics)
 
     def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams,
-                    n: int = 1) -> None:
-        """Queue a request for n choices. The prompt must leave room for a generated token."""
+                    n: int = 1, grammar: Grammar | None = None) -> None:
+        """Queue a request for n choices. The prompt must leave room for a generated token.
+        With a grammar, every choice is constrained by its own fork of it."""
         if not prompt_ids:
             raise ValueError("empty prompt")
         if len(prompt_ids) >= self.max_seq_len:
@@ -42,8 +48,9 @@ class Engine:
             raise ValueError("prompt holds a token id outside the vocabulary")
         if not 1 <= n <= self.config.max_seqs:
             raise ValueError(f"n={n} choices do not fit {self.config.max_seqs} sequences")
-        parent = Request(request_id, list(prompt_ids), params)
-        parent.forks = [Request(request_id, parent.prompt_ids, params, index=i, forked_from=parent)
+        parent = Request(request_id, list(prompt_ids), params, grammar=grammar)
+        parent.forks = [Request(request_id, parent.prompt_ids, params, index=i, forked_from=parent,
+                                grammar=None if grammar is None else grammar.fork())
                         for i in range(1, n)]
         self.scheduler.add(parent)
 
@@ -74,6 +81,9 @@ class Engine:
         self.add_request("warmup-1", [0, 1], sampled)
         while self.has_unfinished:
             self.step()
+        vocab = self.model_config.vocab_size  # the grammar mask, which no warm-up request uses
+        apply_token_mask(np.zeros((1, vocab), np.float32), np.zeros(1, np.int64),
+                         np.full((1, mask_words(vocab)), -1, np.int32))
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, request_id: str = "gen"):
         """Run one request alone to the end, yielding each new token id (for the CLI and tests)."""

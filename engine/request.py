@@ -1,7 +1,7 @@
 """A generation request's state as the engine sees it: token ids, progress, and how it ended.
 
-Owns: `Request`, `RequestOutput`, `TokenLogprob`. Imports: numpy, engine.sampling (types).
-Used by: engine.*.
+Owns: `Request`, `RequestOutput`, `TokenLogprob`. Imports: numpy, engine.{sampling,grammar}
+(types). Used by: engine.*.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.grammar import Grammar
 from engine.sampling import SamplingParams
 
 
@@ -20,6 +21,8 @@ class Request:
 
     A request for n choices is n `Request`s with the same id and indexes 0..n-1: index 0 computes
     the prompt, the others wait as its `forks` and copy its cache when the prompt is done.
+    A `grammar` (structured output) has consumed exactly `output_ids`; preemption, which only
+    drops the cache, leaves it as it is.
     """
 
     id: str
@@ -32,7 +35,8 @@ class Request:
     n_registered: int = 0  # leading full blocks entered in the prefix cache
     chain: int = 0  # prefix-cache chain id of the last registered block
     n_cached: int = 0  # prompt tokens whose KV came from the prefix cache
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" (grammar broke)
+    grammar: Grammar | None = None
     forks: list[Request] = field(default_factory=list)
     forked_from: Request | None = None
     rng: np.random.Generator = field(init=False)

@@ -1,6 +1,7 @@
 """Sampling parameters and the per-step sampling pipeline over a batch of logit rows.
 
-Owns: `SamplingParams`, `sample`. Imports: numpy, kernels, engine.request (types only).
+Owns: `SamplingParams`, `sample`. Imports: numpy, kernels, engine.grammar, engine.request
+(types only).
 Used by: engine.runner; server builds `SamplingParams` from requests.
 
 Order (DESIGN.md): logit_bias -> grammar mask -> repetition / presence / frequency penalties ->
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kernels import apply_logit_bias, apply_penalties, sample_rows
+from engine.grammar import mask_words
+from kernels import apply_logit_bias, apply_penalties, apply_token_mask, sample_rows
 
 if TYPE_CHECKING:
     from engine.request import Request, TokenLogprob
@@ -52,6 +54,7 @@ class SamplingParams:
 def sample(logits: np.ndarray, requests: list[Request]) -> np.ndarray:
     """One token id per row of logits (R, V) f32 (changed in place); row r belongs to requests[r]."""
     _bias_and_min_tokens(logits, requests)
+    _grammar_mask(logits, requests)
     _penalize(logits, requests)
     params = [r.params for r in requests]
     out = np.empty(len(requests), np.int64)
@@ -78,6 +81,17 @@ def _bias_and_min_tokens(logits: np.ndarray, requests: list[Request]) -> None:
     if rows:
         apply_logit_bias(logits, np.array(rows, np.int64), np.array(ids, np.int64),
                          np.array(values, np.float32))
+
+
+def _grammar_mask(logits: np.ndarray, requests: list[Request]) -> None:
+    """Rows of constrained requests keep only the tokens their grammar allows next."""
+    rows = [row for row, r in enumerate(requests) if r.grammar is not None]
+    if not rows:
+        return
+    masks = np.zeros((len(rows), mask_words(logits.shape[1])), np.int32)
+    for j, row in enumerate(rows):
+        requests[row].grammar.fill_mask(masks[j])
+    apply_token_mask(logits, np.array(rows, np.int64), masks)
 
 
 def _penalize(logits: np.ndarray, requests: list[Request]) -> None:

@@ -14,6 +14,10 @@ An admitted request first takes what the prefix cache holds of its prompt, and c
 the rest. A request for n choices is admitted as a group: one computes the prompt, the others
 share its blocks when it is done. When the cache pool runs dry, the newest running request is
 preempted: it gives back its blocks and waits to be computed again.
+
+A constrained request's grammar sees every token it gets. Where the grammar allows only one
+continuation (the keys and punctuation of a JSON schema), those tokens are appended at once and
+computed as one chunk in the next step, like a prompt chunk: fewer steps than tokens.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class Scheduler:
         dropped = [r for r in self.waiting if r.id == request_id]
         for r in dropped:
             self.waiting.remove(r)
+            r.finish_reason, r.grammar = "abort", None
         running = [r for r in self.running if r.id == request_id]
         for r in running:
             self.running.remove(r)
@@ -152,7 +157,8 @@ class Scheduler:
 
     def update(self, plan: list[ScheduledSeq], samples: list[Sample]) -> list[RequestOutput]:
         """Advance the scheduled requests, start forks at their parent's prompt end, append the
-        sampled tokens, and finish (releasing the blocks) those that hit a stop or a limit."""
+        sampled (and grammar-forced) tokens, and finish (releasing the blocks) those that hit a
+        stop, a limit, or the end of their grammar."""
         for seq in plan:
             seq.request.n_computed += seq.n_new
             self._register_full_blocks(seq.request)
@@ -162,15 +168,40 @@ class Scheduler:
         outputs = []
         for s in samples:
             r = s.request
-            r.output_ids.append(s.token)
-            reason = self._finish_reason(r, s.token)
+            first = not r.output_ids
+            new_ids, reason = self._append(r, s.token)
             if reason:
                 self.running.remove(r)
                 self._release(r, reason)
-            n_cached = r.n_cached if len(r.output_ids) == 1 else 0
-            outputs.append(RequestOutput(r.id, [s.token], reason, len(r.prompt_ids), r.index,
-                                         None if s.logprob is None else [s.logprob], n_cached))
+            outputs.append(RequestOutput(r.id, new_ids, reason, len(r.prompt_ids), r.index,
+                                         None if s.logprob is None else [s.logprob],
+                                         r.n_cached if first else 0))
         return outputs
+
+    def _append(self, r: Request, token: int) -> tuple[list[int], str | None]:
+        """Append a sampled token, advance r's grammar over it, and append what the grammar
+        forces next (computed as one chunk in the next step); the new ids and a finish reason."""
+        r.output_ids.append(token)
+        g, p = r.grammar, r.params
+        if g is None or (token in p.stop_token_ids and not p.ignore_eos):
+            return [token], self._finish_reason(r, token)
+        if not g.consume([token]):
+            return [token], "error"
+        reason = "stop" if g.is_done() else self._finish_reason(r, token)
+        if reason or p.logprobs is not None:  # forced tokens have no logits, so no logprobs
+            return [token], reason
+        forced = g.forced()[:self._room(r)]
+        if forced and not g.consume(forced):
+            return [token], "error"
+        r.output_ids += forced
+        return [token, *forced], "stop" if g.is_done() else ("length" if not self._room(r) else None)
+
+    def _room(self, r: Request) -> int:
+        """Tokens r may still generate before its max_tokens or the end of the context."""
+        room = self.max_seq_len - r.n_tokens
+        if r.params.max_tokens is not None:
+            room = min(room, r.params.max_tokens - len(r.output_ids))
+        return max(room, 0)
 
     def _register_full_blocks(self, r: Request) -> None:
         bs = self.cache.block_size
@@ -203,13 +234,10 @@ class Scheduler:
         p = r.params
         if token in p.stop_token_ids and not p.ignore_eos:
             return "stop"
-        if p.max_tokens is not None and len(r.output_ids) >= p.max_tokens:
-            return "length"
-        if r.n_tokens >= self.max_seq_len:
-            return "length"
-        return None
+        return None if self._room(r) else "length"
 
     def _release(self, r: Request, reason: str) -> None:
         r.finish_reason = reason
         self.cache.release(r.blocks)
         r.blocks = []
+        r.grammar = None  # its matcher's memory goes with it

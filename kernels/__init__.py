@@ -8,7 +8,7 @@ from kernels.activations import silu_mul
 from kernels.attention import attention, store_kv
 from kernels.matmul import matmul_rows
 from kernels.norm import rms_norm_rows
-from kernels.penalties import apply_logit_bias, apply_penalties
+from kernels.penalties import apply_logit_bias, apply_penalties, apply_token_mask
 from kernels.quant import dequantize_rows, qmatmul_rows
 from kernels.rope import apply_rope
 from kernels.sampling import argmax_rows, draw, filter_candidates, sample_rows, softmax_temperature
@@ -17,6 +17,7 @@ __all__ = [
     "apply_logit_bias",
     "apply_penalties",
     "apply_rope",
+    "apply_token_mask",
     "argmax_rows",
     "attention",
     "dequantize_rows",

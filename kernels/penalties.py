@@ -1,10 +1,11 @@
-"""Logit adjustments applied before sampling: logit bias and repetition / presence / frequency
-penalties. All change `logits` in place.
+"""Logit adjustments applied before sampling: logit bias, a grammar's token mask, and repetition /
+presence / frequency penalties. All change `logits` in place.
 
-Owns: `apply_logit_bias`, `apply_penalties`. Imports: numpy, kernels._jit.
+Owns: `apply_logit_bias`, `apply_token_mask`, `apply_penalties`. Imports: numpy, kernels._jit.
 Used by: engine.sampling.
 """
 
+import numpy as np
 
 from kernels._jit import jit
 
@@ -14,6 +15,18 @@ def apply_logit_bias(logits, rows, token_ids, values):
     """logits[rows[j], token_ids[j]] += values[j] for every entry j; logits (B, V) f32 in place."""
     for j in range(rows.shape[0]):
         logits[rows[j], token_ids[j]] += values[j]
+
+
+@jit()
+def apply_token_mask(logits, rows, masks):
+    """logits[rows[j], v] = -inf for every token v not allowed by masks[j]; logits (B, V) f32 in
+    place, rows (J,) int64, masks (J, W) int32 bitmasks: bit v % 32 of word v // 32 set means
+    allowed (llguidance's layout; W * 32 >= V)."""
+    for j in range(rows.shape[0]):
+        row = rows[j]
+        for v in range(logits.shape[1]):
+            if not (masks[j, v >> 5] >> (v & 31)) & 1:
+                logits[row, v] = -np.inf
 
 
 @jit()
