@@ -20,12 +20,13 @@ import anyio
 
 from engine import Engine, EngineConfig
 from server.config import ServerConfig
+from server.deployment import Deployment
 from server.engine_client import EngineClient
 from server.http import HttpLimits, HttpRequest, HttpResponse, HttpServer
 from server.metrics import Metrics
 from server.models import open_model
 from server.protocol import EXTRA_POLICIES, ApiError, encode
-from server.routes import ROUTES, Call, Deployment
+from server.routes import ROUTES, Call
 from tokenizer import ChatTemplate
 
 logger = logging.getLogger("ember.server")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from engine import Engine, RequestOutput, SamplingParams
+from engine import Engine, Grammar, RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -78,17 +78,18 @@ class EngineClient:
             self._inbox.put(("stop",))
 
     async def generate(self, request_id: str, prompts: list[list[int]], params: SamplingParams,
-                       n: int = 1) -> AsyncIterator[RequestOutput]:
+                       n: int = 1, grammar: Grammar | None = None) -> AsyncIterator[RequestOutput]:
         """Outputs of every choice of every prompt, step by step; prompt i runs in the engine as
-        request `{request_id}#{i}`. Leaving early (the client went away, every choice met a stop
-        string) aborts what is left in the engine before its next step. Close it with
-        `contextlib.aclosing` so that happens at once."""
+        request `{request_id}#{i}`, constrained by a fork of `grammar` if one is given. Leaving
+        early (the client went away, every choice met a stop string) aborts what is left in the
+        engine before its next step. Close it with `contextlib.aclosing` so that happens at once."""
         send, receive = anyio.create_memory_object_stream(math.inf)
         ids = [f"{request_id}#{i}" for i in range(len(prompts))]
-        for rid, prompt in zip(ids, prompts):
+        for i, (rid, prompt) in enumerate(zip(ids, prompts)):
             self._streams[rid] = send
             self._sent += 1
-            self._inbox.put(("add", rid, prompt, params, n))
+            own = grammar if i == 0 or grammar is None else grammar.fork()
+            self._inbox.put(("add", rid, prompt, params, n, own))
         left = {rid: n for rid in ids}
         try:
             async with receive:
@@ -151,10 +152,10 @@ class EngineClient:
             if cmd[0] == "stop":
                 return False
             if cmd[0] == "add":
-                _, rid, prompt, params, n = cmd
+                _, rid, prompt, params, n, grammar = cmd
                 self._taken += 1
                 try:
-                    self.engine.add_request(rid, prompt, params, n)
+                    self.engine.add_request(rid, prompt, params, n, grammar)
                 except ValueError as e:
                     if not self._hand_over([(rid, EngineFault(str(e)))], 0.0):
                         return False

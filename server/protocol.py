@@ -1,7 +1,8 @@
 """The wire schema: every request and response body of API.md as msgspec Structs, the error
 envelope, request-body decoding with extra-parameters handling, and SSE framing.
 
-Owns: request/response Structs, `ApiError`, `decode_body`, `encode`, `sse`, `SSE_DONE`.
+Owns: request/response Structs, `ApiError`, `field_error`, `decode_body`, `encode`, `sse`,
+`SSE_DONE`.
 Imports: msgspec, stdlib. Used by: server.routes, server.app.
 
 Decoding is two passes: the JSON is read as an object to apply the `extra-parameters` policy to
@@ -297,9 +298,25 @@ class ChatCompletion(Struct):
     object: str = "chat.completion"
 
 
+class FunctionDelta(Struct, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(Struct, omit_defaults=True):
+    """A streamed piece of a tool call: the first carries id, type and name, later ones
+    argument fragments; every one its index and a function object (API.md)."""
+
+    index: int
+    function: FunctionDelta
+    id: str | None = None
+    type: str | None = None
+
+
 class Delta(Struct, omit_defaults=True):
     role: str | None = None
-    content: str | None = None
+    content: str | None | UnsetType = UNSET  # null is sent for a reply that is only calls
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(Struct):
@@ -428,6 +445,15 @@ def validation_error(text: str, raw: dict[str, Any]) -> ApiError:
     return ApiError(422, "InvalidParameter", message, target=target or None,
                     inner=InnerError(code, ["body", *loc], value),
                     details=[ErrorDetail(code, message, target or None)])
+
+
+def field_error(code: str, inner: str, path: str, message: str) -> ApiError:
+    """A 422 about the field at path (written as a target: a.b[0].c), in the shape of a
+    validation error: target, location, one detail."""
+    loc: list[str | int] = [int(i) if i else n for n, i in re.findall(r"([^.\[\]]+)|\[(\d+)\]", path)]
+    message = f"{path}: {message}"
+    return ApiError(422, code, message, path, InnerError(inner, ["body", *loc]),
+                    [ErrorDetail(inner, message, path)])
 
 
 def _lookup(raw: Any, loc: list[str | int]) -> str | None:

@@ -92,6 +92,22 @@ def smol(default_model_path):
     return cfg, weights, Tokenizer.from_path(default_model_path, file.metadata)
 
 
+SMOL_KEY = "test-key"
+
+
+@pytest.fixture(scope="session")
+def smol_server(default_model_path):
+    """`ember serve` on the default model on a loopback port with an API key, shared by the
+    real-client tests; yields its base URL."""
+    from server.app import load_deployment
+    from server.config import ServerConfig
+
+    config = ServerConfig(port=0, api_keys=(SMOL_KEY,), max_seqs=4, context=2048)
+    loader = partial(load_deployment, "SmolLM2-135M-Instruct", default_model_path, config)
+    with run_server(config, {"SmolLM2-135M-Instruct": loader}) as port:
+        yield f"http://127.0.0.1:{port}"
+
+
 def byte_tokenizer() -> Tokenizer:
     """Every byte is one token (ids 0-255 in byte-level alphabet order), plus <|im_end|> (256)."""
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
@@ -107,7 +123,7 @@ def tiny_deployment(name: str = "tiny", max_seqs: int = 4, context: int = 256, s
                     max_queue: int = 64):
     """A served tiny model: random weights over the byte tokenizer's 257 tokens."""
     from server.engine_client import EngineClient
-    from server.routes import Deployment
+    from server.deployment import Deployment
 
     cfg = tiny_config(vocab_size=257, max_seq_len=context)
     engine = Engine(cfg, tiny_weights(cfg, seed), EngineConfig(max_seqs=max_seqs, max_seq_len=context,

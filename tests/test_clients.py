@@ -5,7 +5,6 @@ import http.client
 import json
 import threading
 import time
-from functools import partial
 
 import pytest
 from azure.ai.inference import ChatCompletionsClient, load_client
@@ -14,22 +13,16 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import HttpResponseError
 
 import openai
-from server.app import load_deployment
-from server.config import ServerConfig
-from tests.conftest import run_server
+from tests.conftest import SMOL_KEY as KEY
 
 pytestmark = pytest.mark.model
 
-KEY = "test-key"
 QUESTION = "What is the capital of France?"
 
 
-@pytest.fixture(scope="module")
-def server(default_model_path):
-    config = ServerConfig(port=0, api_keys=(KEY,), max_seqs=4, context=2048)
-    loader = partial(load_deployment, "SmolLM2-135M-Instruct", default_model_path, config)
-    with run_server(config, {"SmolLM2-135M-Instruct": loader}) as port:
-        yield f"http://127.0.0.1:{port}"
+@pytest.fixture
+def server(smol_server):
+    return smol_server
 
 
 @pytest.fixture(params=["", "/models"])

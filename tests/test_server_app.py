@@ -160,10 +160,23 @@ async def test_extra_parameters_policies(app):
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      422, "ModalityNotSupported", "messages[0].content[0]"),
     ({**CHAT, "modalities": ["text", "audio"]}, 422, "ModalityNotSupported", "modalities"),
-    ({**CHAT, "response_format": {"type": "json_object"}}, 422, "ParameterNotSupported",
-     "response_format"),
-    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]}, 422,
-     "ParameterNotSupported", "tools"),
+    ({**CHAT, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"type": "strng"}}}}}},
+     422, "InvalidParameter", "response_format.json_schema.schema.properties.a.type"),
+    ({**CHAT, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "strict": True, "schema": {"type": "object", "if": {"required": ["a"]}}}}},
+     422, "ParameterNotSupported", "response_format.json_schema.schema.if"),
+    ({**CHAT, "tools": [{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "object", "required": "a"}}}]}, 422,
+     "InvalidParameter", "tools[0].function.parameters.required"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "array"}}}]}, 422, "InvalidParameter", "tools[0].function.parameters.type"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}] * 2}, 422,
+     "InvalidParameter", "tools[1].function.name"),
+    ({**CHAT, "tool_choice": "required"}, 422, "InvalidParameter", "tool_choice"),
+    ({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}],
+      "tool_choice": {"type": "function", "function": {"name": "g"}}}, 422, "InvalidParameter",
+     "tool_choice.function.name"),
     ({**CHAT, "tools": [{"type": "function", "function": {"name": "bad name!"}}]}, 422,
      "InvalidParameter", "tools[0].function.name"),
     ({**CHAT, "logit_bias": {"99999": 1}}, 422, "InvalidParameter", "logit_bias"),

@@ -1,0 +1,167 @@
+"""Structured output and tool calls through the application layer, on a tiny random model: the
+grammar makes even a model that knows nothing answer in the asked-for shape."""
+
+import json
+
+import anyio
+import jsonschema
+import pytest
+
+from server.app import App
+from server.config import ServerConfig
+from tests.conftest import tiny_deployment
+from tests.test_server_app import call, events
+
+pytestmark = pytest.mark.anyio
+
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 8},
+    "age": {"type": "integer", "minimum": 0, "maximum": 120},
+    "pet": {"enum": ["cat", "dog", None]},
+    "tags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3},
+    "score": {"type": "number"},
+}, "required": ["name", "age", "pet", "tags", "score"], "additionalProperties": False}
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                                    "unit": {"enum": ["C", "F"]}},
+                   "required": ["city", "unit"]}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "parameters": {"type": "object", "properties": {
+        "zone": {"type": "string", "maxLength": 6}}, "required": ["zone"]}}}
+ASK = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "temperature": 0.9,
+       "seed": 5}
+SCHEMAS = {"PERSON": PERSON, "WEATHER": WEATHER["function"]["parameters"],
+           "TIME": TIME["function"]["parameters"]}
+
+
+@pytest.fixture
+async def app():
+    app = App(ServerConfig())
+    dep = tiny_deployment("tiny", context=2048, max_seqs=8)
+    app.add(dep)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(dep.client.run)
+        app.ready = True
+        yield app
+        tg.cancel_scope.cancel()
+
+
+def schema_format(schema, strict=True):
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": strict}}
+
+
+async def chat(app, body):
+    resp = await call(app, "POST", "/chat/completions", body, key=None)
+    assert resp.status == 200, resp.body
+    return json.loads(resp.body) if not body.get("stream") else events(resp.body)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_json_schema_answers_validate_and_end_with_stop(app, seed):
+    data = await chat(app, {**ASK, "seed": seed, "n": 2, "response_format": schema_format(PERSON)})
+    for choice in data["choices"]:
+        assert choice["finish_reason"] == "stop"
+        jsonschema.validate(json.loads(choice["message"]["content"]), PERSON)
+
+
+async def test_json_object_is_an_object_or_a_cut_prefix(app):
+    data = await chat(app, {**ASK, "max_tokens": 400, "response_format": {"type": "json_object"}})
+    choice = data["choices"][0]
+    text = choice["message"]["content"]
+    assert text.startswith("{")
+    if choice["finish_reason"] == "stop":
+        assert isinstance(json.loads(text), dict)
+    else:
+        assert choice["finish_reason"] == "length"
+
+
+async def test_streamed_json_equals_non_streamed(app):
+    body = {**ASK, "response_format": schema_format(PERSON, strict=False)}
+    whole = (await chat(app, body))["choices"][0]["message"]["content"]
+    evs = await chat(app, {**body, "stream": True})
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in evs) == whole
+
+
+def _check_calls(message, allowed):
+    assert message["content"] is None
+    ids = set()
+    for c in message["tool_calls"]:
+        assert c["type"] == "function" and c["id"].startswith("call_") and c["id"] not in ids
+        ids.add(c["id"])
+        name = c["function"]["name"]
+        assert name in allowed
+        jsonschema.validate(json.loads(c["function"]["arguments"]), allowed[name])
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_required_and_named_tool_choice_force_valid_calls(app, seed):
+    tools = [WEATHER, TIME]  # up to 8 calls of about 60 byte tokens each
+    data = await chat(app, {**ASK, "seed": seed, "max_tokens": 800, "tools": tools,
+                            "tool_choice": "required"})
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    _check_calls(choice["message"], {"get_weather": SCHEMAS["WEATHER"], "get_time": SCHEMAS["TIME"]})
+    named = {"type": "function", "function": {"name": "get_time"}}
+    data = await chat(app, {**ASK, "seed": seed, "tools": tools, "tool_choice": named,
+                            "parallel_tool_calls": False})
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and len(choice["message"]["tool_calls"]) == 1
+    _check_calls(choice["message"], {"get_time": SCHEMAS["TIME"]})
+
+
+async def test_auto_is_text_or_calls_and_none_is_text(app):
+    for seed in range(4):
+        data = await chat(app, {**ASK, "seed": seed, "max_tokens": 800, "tools": [WEATHER]})
+        choice = data["choices"][0]
+        if choice["message"]["tool_calls"]:
+            assert choice["finish_reason"] == "tool_calls"
+            _check_calls(choice["message"], {"get_weather": SCHEMAS["WEATHER"]})
+        else:
+            assert choice["finish_reason"] in ("stop", "length") and "<tool_call>" not in choice["message"]["content"]
+    data = await chat(app, {**ASK, "tools": [WEATHER], "tool_choice": "none", "max_tokens": 10})
+    assert data["choices"][0]["message"]["tool_calls"] is None
+
+
+async def test_streamed_calls_rebuild_the_non_streamed_ones(app):
+    body = {**ASK, "max_tokens": 800, "tools": [WEATHER, TIME], "tool_choice": "required"}
+    whole = (await chat(app, body))["choices"][0]["message"]["tool_calls"]
+    evs = await chat(app, {**body, "stream": True})
+    assert evs[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    calls: dict[int, dict] = {}
+    for e in evs:
+        delta = e["choices"][0]["delta"]
+        assert "content" not in delta or e is evs[0]  # forced calls stream no content
+        for d in delta.get("tool_calls") or []:
+            assert "index" in d and "function" in d
+            if d["index"] not in calls:
+                assert d["id"] and d["type"] == "function" and d["function"]["name"]
+                calls[d["index"]] = {"name": d["function"]["name"], "arguments": ""}
+            else:
+                assert "id" not in d and "name" not in d["function"]
+            calls[d["index"]]["arguments"] += d["function"].get("arguments", "")
+    assert evs[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert [calls[i] for i in sorted(calls)] == [c["function"] for c in whole]
+
+
+async def test_a_call_cut_by_max_tokens_is_not_returned(app):
+    data = await chat(app, {**ASK, "max_tokens": 5, "tools": [WEATHER], "tool_choice": "required"})
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "length" and choice["message"]["tool_calls"] is None
+    evs = await chat(app, {**ASK, "max_tokens": 5, "tools": [WEATHER], "tool_choice": "required",
+                           "stream": True})
+    assert not any(e["choices"][0]["delta"].get("tool_calls") for e in evs)
+    assert evs[-1]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_tool_calls_and_results_reach_the_prompt(app):
+    def history(city):
+        call_ = {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": json.dumps({"city": city, "unit": "C"})}}
+        return [{"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [call_]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
+
+    a = await chat(app, {"messages": history("Paris"), "tools": [WEATHER], "max_tokens": 1})
+    b = await chat(app, {"messages": history("Rome and Milan"), "tools": [WEATHER], "max_tokens": 1})
+    assert b["usage"]["prompt_tokens"] - a["usage"]["prompt_tokens"] == len("Rome and Milan") - len("Paris")
