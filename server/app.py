@@ -195,9 +195,13 @@ def load_deployment(name: str, path: Path, config: ServerConfig) -> Deployment:
     logger.info("%s: compiling kernels (a minute on the first start; cached on disk after)", name)
     engine.warmup()
     logger.info("%s: kernels ready in %.1f s", name, time.perf_counter() - start)
-    return Deployment(name, EngineClient(engine, config.max_queue), tok,
-                      ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token),
-                      fingerprint(path), engine.max_seq_len)
+    dep = Deployment(name, EngineClient(engine, config.max_queue), tok,
+                     ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token),
+                     fingerprint(path), engine.max_seq_len)
+    dep.grammars.warm()  # llguidance's view of the vocabulary, before the first schema needs it
+    logger.info("%s: tool calls in the %s syntax%s", name, dep.tool_syntax.name,
+                "" if dep.tools_native else " (the template has none of its own)")
+    return dep
 
 
 async def serve(config: ServerConfig, loaders: dict[str, Callable[[], Deployment]],

@@ -165,3 +165,132 @@ async def test_tool_calls_and_results_reach_the_prompt(app):
     a = await chat(app, {"messages": history("Paris"), "tools": [WEATHER], "max_tokens": 1})
     b = await chat(app, {"messages": history("Rome and Milan"), "tools": [WEATHER], "max_tokens": 1})
     assert b["usage"]["prompt_tokens"] - a["usage"]["prompt_tokens"] == len("Rome and Milan") - len("Paris")
+
+
+KEYWORDS = {  # each JSON Schema feature real clients send, in a schema of its own
+    "types_enum_const": {"type": "object", "properties": {
+        "a": {"type": ["integer", "null"]}, "b": {"enum": ["x", "y", 3]}, "c": {"const": "fixed"},
+        "d": {"type": "boolean"}}, "required": ["a", "b", "c", "d"]},
+    "any_one_of": {"type": "object", "properties": {
+        "v": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 9}, {"type": "string", "maxLength": 3}]},
+        "w": {"oneOf": [{"type": "object", "properties": {"k": {"const": 1}}, "required": ["k"]},
+                        {"type": "boolean"}]}},  # provably one of: llguidance serves it strictly
+        "required": ["v", "w"]},
+    "refs": {"$defs": {"leaf": {"type": "object", "properties": {"n": {"type": "integer", "maximum": 5}},
+                                "required": ["n"]}},
+             "type": "object", "properties": {"first": {"$ref": "#/$defs/leaf"},
+                                              "rest": {"type": "array", "items": {"$ref": "#/$defs/leaf"},
+                                                       "minItems": 1, "maxItems": 2}},
+             "required": ["first", "rest"]},
+    "strings": {"type": "object", "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
+        "short": {"type": "string", "minLength": 2, "maxLength": 4},
+        "day": {"type": "string", "format": "date"}, "at": {"type": "string", "format": "time"},
+        "when": {"type": "string", "format": "date-time"}, "id": {"type": "string", "format": "uuid"},
+        "mail": {"type": "string", "format": "email", "maxLength": 24}},
+        "required": ["code", "short", "day", "at", "when", "id", "mail"]},
+    "numbers": {"type": "object", "properties": {
+        "i": {"type": "integer", "minimum": -5, "exclusiveMaximum": 5},
+        "x": {"type": "number", "exclusiveMinimum": 0, "maximum": 1.5},
+        "m": {"type": "integer", "multipleOf": 7, "minimum": 0, "maximum": 100}},
+        "required": ["i", "x", "m"]},
+    "open_object": {"type": "object", "properties": {"fixed": {"type": "integer", "maximum": 3}},
+                    "additionalProperties": {"type": "boolean"}, "required": ["fixed"],
+                    "maxProperties": 3},
+}
+
+
+@pytest.mark.parametrize("name", sorted(KEYWORDS))
+async def test_every_supported_keyword_is_enforced(app, name):
+    schema = KEYWORDS[name]
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    for seed in range(3):
+        data = await chat(app, {**ASK, "seed": seed, "max_tokens": 400,
+                                "response_format": schema_format(schema)})
+        choice = data["choices"][0]
+        assert choice["finish_reason"] == "stop", choice
+        jsonschema.validate(json.loads(choice["message"]["content"]), schema, format_checker=checker)
+
+
+async def test_a_one_of_the_library_cannot_prove_is_refused_only_under_strict(app):
+    union = {"type": "object", "properties": {"w": {"oneOf": [
+        {"type": "object", "properties": {"k": {"const": 1}}, "required": ["k"]},
+        {"type": "object", "properties": {"k": {"const": 2}}, "required": ["k"]}]}}, "required": ["w"]}
+    resp = await call(app, "POST", "/chat/completions", {**ASK, "response_format": schema_format(union)},
+                      key=None)
+    e = json.loads(resp.body)["error"]
+    assert resp.status == 422 and e["code"] == "ParameterNotSupported"
+    assert e["target"] == "response_format.json_schema.schema.properties.w.oneOf" and "oneOf" in e["message"]
+    data = await chat(app, {**ASK, "response_format": schema_format(union, strict=False)})
+    jsonschema.validate(json.loads(data["choices"][0]["message"]["content"]), union)
+
+
+async def test_strict_serves_what_the_openai_sdk_sends(app):
+    schema = {"title": "Answer", "description": "what parse() sends", "type": "object",
+              "$defs": {"Item": {"title": "Item", "type": "object", "additionalProperties": False,
+                                 "properties": {"n": {"title": "N", "type": "integer", "minimum": 0}},
+                                 "required": ["n"]}},
+              "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/Item"},
+                                       "minItems": 1, "maxItems": 2},
+                             "tag": {"anyOf": [{"type": "string", "maxLength": 5}, {"type": "null"}]},
+                             "kind": {"enum": ["a", "b"]}, "one": {"const": 1}},
+              "required": ["items", "tag", "kind", "one"], "additionalProperties": False}
+    data = await chat(app, {**ASK, "response_format": schema_format(schema, strict=True)})
+    jsonschema.validate(json.loads(data["choices"][0]["message"]["content"]), schema)
+
+
+@pytest.mark.parametrize("schema", [
+    {"$ref": "#"}, {"type": "object", "properties": {"a": {"$ref": "#/properties/a"}}},
+    {"allOf": [{"type": "string"}, {"type": "integer"}]}, {"enum": []}, {"not": {}},
+    {"type": "object", "properties": {"a": {"type": "string", "pattern": "(a+)+$"}}},
+    {"type": "array", "items": {"type": "array", "items": {"type": "array", "items": {}}}},
+    {"type": "object", "properties": {f"k{i}": {"type": "integer"} for i in range(300)}},
+    {"type": "string", "minLength": 10, "maxLength": 2}, {"type": "object", "required": [1]},
+    {"type": "number", "multipleOf": 0}, {"$defs": 5}, {"type": "object", "dependentRequired": {"a": ["b"]}},
+], ids=lambda s: json.dumps(s)[:40])
+async def test_odd_schemas_answer_200_or_422_never_5xx(app, schema):
+    for strict in (True, False):
+        resp = await call(app, "POST", "/chat/completions",
+                          {**ASK, "max_tokens": 30, "response_format": schema_format(schema, strict)},
+                          key=None)
+        assert resp.status in (200, 422), resp.body
+        if resp.status == 422:
+            assert json.loads(resp.body)["error"]["code"] in ("InvalidParameter", "ParameterNotSupported")
+
+
+async def test_a_json_object_cut_by_max_tokens_is_a_valid_prefix(app):
+    from server.grammar import ANY_JSON_OBJECT, compile_schema
+
+    dep = next(iter(app.deployments.values()))
+    for seed in range(3):
+        data = await chat(app, {**ASK, "seed": seed, "max_tokens": 12,
+                                "response_format": {"type": "json_object"}})
+        choice = data["choices"][0]
+        grammar = compile_schema(dep.grammars, ANY_JSON_OBJECT, False, "x")
+        assert grammar.consume(dep.tokenizer.encode(choice["message"]["content"]))
+        if choice["finish_reason"] == "length":
+            assert not grammar.is_done()
+
+
+async def test_grammars_compile_in_a_worker_thread_and_are_kept(app, monkeypatch):
+    import threading
+
+    from server.grammar import GrammarCompiler
+
+    dep = next(iter(app.deployments.values()))
+    threads = []
+    compile_ = GrammarCompiler.compile
+
+    def spy(self, grammar):
+        threads.append(threading.current_thread())
+        return compile_(self, grammar)
+
+    monkeypatch.setattr(GrammarCompiler, "compile", spy)
+    body = {**ASK, "max_tokens": 5, "response_format": schema_format({"type": "object", "properties": {
+        "fresh": {"type": "integer"}}})}
+    await chat(app, body)
+    kept = dict(dep.grammars._ready)
+    for _ in range(2):
+        await chat(app, body)
+    assert threading.main_thread() not in threads and len(threads) == 3
+    assert dep.grammars._ready == kept  # compiled once, copied for the next requests
