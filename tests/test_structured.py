@@ -294,3 +294,24 @@ async def test_grammars_compile_in_a_worker_thread_and_are_kept(app, monkeypatch
         await chat(app, body)
     assert threading.main_thread() not in threads and len(threads) == 3
     assert dep.grammars._ready == kept  # compiled once, copied for the next requests
+
+
+async def test_tools_beside_a_json_schema_answer_and_n_choices(app):
+    seen = set()
+    for seed in range(4):
+        data = await chat(app, {**ASK, "seed": seed, "n": 2, "max_tokens": 800, "tools": [WEATHER],
+                                "response_format": schema_format(PERSON)})
+        for choice in data["choices"]:  # each choice: calls, or an answer in the schema
+            message = choice["message"]
+            if message["tool_calls"]:
+                assert choice["finish_reason"] == "tool_calls"
+                _check_calls(message, {"get_weather": SCHEMAS["WEATHER"]})
+                seen.add("calls")
+            else:
+                jsonschema.validate(json.loads(message["content"]), PERSON)
+                seen.add("answer")
+    data = await chat(app, {**ASK, "n": 3, "max_tokens": 800, "tools": [WEATHER, TIME],
+                            "tool_choice": "required"})
+    for choice in data["choices"]:
+        _check_calls(choice["message"], {"get_weather": SCHEMAS["WEATHER"], "get_time": SCHEMAS["TIME"]})
+    assert seen == {"calls", "answer"}, seen  # the random model took both ways
