@@ -108,21 +108,21 @@ class GrammarCompiler:
     def compile(self, grammar: str) -> LLGrammar:
         """A fresh matcher for an llguidance grammar (from `json_grammar` or a Lark text)."""
         self.warm()
-        with self._lock:
+        with self._lock:  # the kept matchers are only ever copied, one thread at a time
             ready = self._ready.get(grammar)
             if ready is not None:
                 self._ready.move_to_end(grammar)
-        if ready is None:
-            ready = llguidance.LLMatcher(self._ll, grammar, log_level=0)
-            if ready.is_error():
-                raise CompileError(ready.get_error())
-            # The first mask builds the lexer states that later copies share.
-            LLGrammar(ready).fill_mask(np.zeros(mask_words(self._vocab_size), np.int32))
-            with self._lock:
-                self._ready[grammar] = ready
-                while len(self._ready) > self._capacity:
-                    self._ready.popitem(last=False)
-        return LLGrammar(ready.deep_copy())
+                return LLGrammar(ready.deep_copy())
+        ready = llguidance.LLMatcher(self._ll, grammar, log_level=0)
+        if ready.is_error():
+            raise CompileError(ready.get_error())
+        # The first mask builds the lexer states that later copies share.
+        LLGrammar(ready).fill_mask(np.zeros(mask_words(self._vocab_size), np.int32))
+        with self._lock:
+            self._ready[grammar] = ready
+            while len(self._ready) > self._capacity:
+                self._ready.popitem(last=False)
+            return LLGrammar(ready.deep_copy())
 
     def special_token(self, text: str) -> int | None:
         """The id of a special token spelled `text`, for grammars that must emit it as one."""

@@ -17,7 +17,7 @@ import anyio
 
 from engine import SamplingParams
 from server.deployment import Deployment
-from server.grammar import ANY_JSON_OBJECT, LLGrammar, compile_schema
+from server.grammar import ANY_JSON_OBJECT, CompileError, LLGrammar, compile_schema
 from server.protocol import (ApiError, ChatRequest, CompletionRequest, ImageUrlPart, InnerError,
                              JsonObjectFormat, JsonSchemaFormat, NamedToolChoice, TextPart,
                              UserMessage, field_error)
@@ -51,12 +51,15 @@ async def chat_generation(req: ChatRequest, dep: Deployment) -> Generation:
 
     def build() -> LLGrammar | None:
         _check_tools(req, dep)
-        if plan is not None:
+        grammar = compile_schema(dep.grammars, *answer) if answer is not None else None
+        if plan is None:
+            return grammar
+        try:  # each schema compiled alone above; together they can still be too much
             return dep.grammars.compile(tool_grammar(plan, answer and answer[:2],
                                                      dep.grammars.special_token))
-        if answer is not None:
-            return compile_schema(dep.grammars, *answer)
-        return None
+        except CompileError as e:
+            raise field_error("InvalidParameter", "InvalidSchema", "tools",
+                              f"these tools cannot be served together: {e}") from None
 
     grammar = await anyio.to_thread.run_sync(build) if plan or answer or req.tools else None
     messages, tools = prompt_messages(_template_messages(req), plan, dep.tool_syntax,
@@ -116,7 +119,7 @@ def _tool_plan(req: ChatRequest, dep: Deployment) -> ToolPlan | None:
         tools = [tools[names.index(name)]]
     syntax = dep.tool_syntax
     parallel = req.parallel_tool_calls is not False and syntax.parallel
-    return ToolPlan(syntax, dep.tools_native, [_tool_dict(t) for t in tools],
+    return ToolPlan(syntax, [_tool_dict(t) for t in tools],
                     "named" if isinstance(choice, NamedToolChoice) else choice,
                     MAX_PARALLEL_CALLS if parallel else 1,
                     tuple(bool(t.function.strict) for t in tools))

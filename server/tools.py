@@ -105,7 +105,6 @@ class ToolPlan:
     holds only the named one); `max_calls` bounds the calls in one reply."""
 
     syntax: ToolSyntax
-    native: bool
     tools: list[dict[str, Any]]  # {"type": "function", "function": {...}} as the template sees them
     choice: str
     max_calls: int

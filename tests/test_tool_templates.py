@@ -74,7 +74,7 @@ def history(call_id: str) -> list[dict]:
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_tools_calls_and_results_render_in_the_template(name):
     syntax = FAMILIES[name][0]
-    plan = ToolPlan(syntax, True, [WEATHER, TIME], "auto", 8, (False, False))
+    plan = ToolPlan(syntax, [WEATHER, TIME], "auto", 8, (False, False))
     messages, tools = prompt_messages(history("abcDEF123"), plan, syntax, True)
     prompt = template(name).render(messages, tools=tools)
     assert "get_time" in prompt and "Local time of a zone" in prompt  # the tools
@@ -91,7 +91,7 @@ def test_tools_calls_and_results_render_in_the_template(name):
 
 
 def test_the_generic_format_writes_calls_and_results_into_the_messages():
-    plan = ToolPlan(GENERIC, False, [WEATHER], "required", 8, (False,))
+    plan = ToolPlan(GENERIC, [WEATHER], "required", 8, (False,))
     messages, tools = prompt_messages(history("call_1"), plan, GENERIC, False)
     assert tools is None and [m["role"] for m in messages] == ["system", "user", "assistant", "user",
                                                                 "assistant", "user"]
@@ -140,7 +140,7 @@ def test_the_grammar_of_each_syntax_holds_a_reply_to_it(syntax):
     compiler = GrammarCompiler(tok, tok.vocab_size)
     max_calls = 8 if syntax.parallel else 1
     for choice in ("auto", "required"):
-        plan = ToolPlan(syntax, True, [WEATHER, TIME], choice, max_calls, (True, True))
+        plan = ToolPlan(syntax, [WEATHER, TIME], choice, max_calls, (True, True))
         lark = tool_grammar(plan, None, compiler.special_token)
         calls = CALLS if syntax.parallel else CALLS[:1]
         ok = compiler.compile(lark)
