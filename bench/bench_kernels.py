@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 
 from kernels import (apply_penalties, apply_rope, attention, matmul_rows, qmatmul_rows,  # noqa: E402
                      rms_norm_rows, sample_rows, silu_mul)
-from kernels.quant import BLOCK_BYTES, format_code, quantize_q8_0  # noqa: E402
+from kernels.formats import FORMATS  # noqa: E402
+from kernels.quant import quantize_q8_0  # noqa: E402
 
 H, HKV, D, V, F = 9, 3, 64, 49152, 1536  # SmolLM2-135M
 
@@ -71,15 +72,14 @@ def bench_qmatmul(n_rows: int, fmt: str) -> None:
         if fmt == "Q8_0":
             ws.append(quantize_q8_0(rng.standard_normal((o, k)).astype(np.float32)))
             continue
-        blocks = rng.integers(0, 256, (o, k // 32, BLOCK_BYTES[fmt]), dtype=np.uint8)
+        blocks = rng.integers(0, 256, (o, k // 32, FORMATS[fmt].block_bytes), dtype=np.uint8)
         blocks[..., 0:2] = np.array([0.01], np.float16).view(np.uint8)
         if fmt == "Q4_1":
             blocks[..., 2:4] = np.array([-0.05], np.float16).view(np.uint8)
         ws.append(blocks.reshape(o, -1))
     xs = {k: rng.standard_normal((n_rows, k)).astype(np.float32) for k in (D * H, F)}
     outs = [np.empty((n_rows, o), np.float32) for o, _ in shapes]
-    code = format_code(fmt)
-    t = timed(lambda: [qmatmul_rows(xs[k], w, code, out) for w, (_, k), out in zip(ws, shapes, outs)], 10)
+    t = timed(lambda: [qmatmul_rows(xs[k], w, fmt, out) for w, (_, k), out in zip(ws, shapes, outs)], 10)
     size = sum(w.nbytes for w in ws)
     macs = n_rows * sum(o * k for o, k in shapes)
     print(f"qmatmul_rows {fmt} R={n_rows} over {size / 1e6:.0f} MB of blocks: {t * 1e3:7.2f} ms  "
@@ -94,7 +94,7 @@ def bench_prompt_linear(n_rows: int) -> None:
 
     rng = np.random.default_rng(6)
     for o, k in ((F, D * H), (D * H, F)):
-        blocks = rng.integers(0, 256, (o, k // 32, BLOCK_BYTES["Q4_1"]), dtype=np.uint8)
+        blocks = rng.integers(0, 256, (o, k // 32, FORMATS["Q4_1"].block_bytes), dtype=np.uint8)
         blocks[..., 0:2] = np.array([0.01], np.float16).view(np.uint8)
         blocks[..., 2:4] = np.array([-0.05], np.float16).view(np.uint8)
         m = QuantMatrix(blocks.reshape(o, -1), "Q4_1")

@@ -1,7 +1,8 @@
 """A GGUF file, memory-mapped: its metadata as Python values and its tensors as NumPy views.
 
-Owns: `GGUFFile`, `GGUFTensor`. Imports: numpy, stdlib, engine.config (ModelError).
-Used by: engine.loader; server.models hands the metadata to the tokenizer.
+Owns: `GGUFFile`, `GGUFTensor`. Imports: numpy, stdlib, engine.config (ModelError),
+kernels.formats (tensor types). Used by: engine.loader; server.models hands the metadata to the
+tokenizer.
 
 The format (GGUF v2/v3, little-endian): magic "GGUF", version u32, tensor count u64, metadata
 count u64; metadata entries (key string, type u32, value); tensor infos (name, n_dims u32,
@@ -23,15 +24,8 @@ from typing import Any
 import numpy as np
 
 from engine.config import ModelError
+from kernels.formats import BY_GGML_TYPE, FORMATS
 
-# ggml type id -> (name, elements per block, bytes per block)
-GGML_TYPES = {0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
-              8: ("Q8_0", 32, 34), 30: ("BF16", 1, 2)}
-# other ggml types, named in the error a file using them gets
-_UNSUPPORTED = {6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K",
-                14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S",
-                20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32",
-                27: "I64", 28: "F64", 29: "IQ1_M"}
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
             11: "<q", 12: "<d"}
 _ARRAY_DTYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?",
@@ -42,7 +36,7 @@ _STRING, _ARRAY = 8, 9
 @dataclass(frozen=True)
 class GGUFTensor:
     name: str
-    kind: str  # "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q8_0"
+    kind: str  # a name of kernels.formats.FORMATS: "F32", "BF16", "Q4_K", ...
     shape: tuple[int, ...]  # NumPy order: outermost first
     data: np.ndarray  # F32/F16: that dtype in `shape`; BF16: uint16; blocks: uint8 (rows, row bytes)
 
@@ -52,15 +46,24 @@ class GGUFFile:
         self.path = Path(path)
         try:
             self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
-            self._buf = memoryview(self._map)
-            self._pos = 0
-            self.metadata, infos = self._read_header()
-            alignment = int(self.metadata.get("general.alignment", 32))
-            start = -(-self._pos // alignment) * alignment
-            self.tensors = {name: self._tensor(name, dims, kind, start + offset)
-                            for name, dims, kind, offset in infos}
-        except (struct.error, UnicodeDecodeError, ValueError, IndexError, OSError) as e:
+        except (ValueError, OSError) as e:  # an empty file cannot be mapped
             raise ModelError(f"{self.path}: not a readable GGUF file ({e})") from None
+        self._buf = memoryview(self._map)
+        self._pos = 0
+        if bytes(self._buf[:4]) != b"GGUF":
+            raise ModelError(f"{self.path}: not a readable GGUF file (it does not start with 'GGUF')")
+        try:
+            self.metadata, infos = self._read_header()
+        except struct.error:
+            raise ModelError(f"{self.path}: the GGUF header is cut off at byte {self._pos} of "
+                             f"{len(self._map)} (a truncated download?)") from None
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ModelError(f"{self.path}: not a readable GGUF file ({e})") from None
+        _check_types(self.path, infos)
+        alignment = int(self.metadata.get("general.alignment", 32))
+        start = -(-self._pos // alignment) * alignment
+        self.tensors = {name: self._tensor(name, dims, kind, start + offset)
+                        for name, dims, kind, offset in infos}
 
     def _read(self, fmt: str):
         (value,) = struct.unpack_from(fmt, self._buf, self._pos)
@@ -89,8 +92,6 @@ class GGUFFile:
         raise ValueError(f"unknown metadata type {kind}")
 
     def _read_header(self):
-        if bytes(self._buf[:4]) != b"GGUF":
-            raise ValueError("no GGUF magic")
         self._pos = 4
         version = self._read("<I")
         if version not in (2, 3):
@@ -108,23 +109,48 @@ class GGUFFile:
         return metadata, infos
 
     def _tensor(self, name: str, dims: list[int], kind: int, offset: int) -> GGUFTensor:
-        if kind not in GGML_TYPES:
-            raise ModelError(f"tensor {name}: GGUF type {_UNSUPPORTED.get(kind, kind)} is not "
-                             f"supported (supported: {', '.join(t[0] for t in GGML_TYPES.values())}); "
-                             f"convert the model with llama.cpp's llama-quantize to Q8_0, Q4_0 or Q4_1")
-        type_name, per_block, block_bytes = GGML_TYPES[kind]
+        fmt = BY_GGML_TYPE[kind]
         shape = tuple(reversed(dims))
         n = int(np.prod(dims))
-        if dims[0] % per_block:
-            raise ModelError(f"tensor {name}: {dims[0]} columns are not whole {type_name} blocks")
-        size = n // per_block * block_bytes
+        if dims[0] % fmt.block_weights:
+            raise ModelError(f"{self.path}: tensor {name}: {dims[0]} columns are not whole "
+                             f"{fmt.name} blocks of {fmt.block_weights}")
+        size = n // fmt.block_weights * fmt.block_bytes
         if offset + size > len(self._map):
-            raise ModelError(f"{self.path}: tensor {name} runs past the end of the file")
+            raise ModelError(f"{self.path}: tensor {name} runs past the end of the file (its "
+                             f"{size} bytes at {offset}, the file has {len(self._map)}: a "
+                             "truncated download?)")
         raw = self._map[offset:offset + size]
-        if type_name in ("F32", "F16"):
-            data = raw.view(np.float32 if type_name == "F32" else np.float16).reshape(shape)
-        elif type_name == "BF16":
+        if fmt.name in ("F32", "F16"):
+            data = raw.view(np.float32 if fmt.name == "F32" else np.float16).reshape(shape)
+        elif fmt.name == "BF16":
             data = raw.view(np.uint16).reshape(shape)
         else:
-            data = raw.reshape(-1, dims[0] // per_block * block_bytes)
-        return GGUFTensor(name, type_name, shape, data)
+            data = raw.reshape(-1, dims[0] // fmt.block_weights * fmt.block_bytes)
+        return GGUFTensor(name, fmt.name, shape, data)
+
+
+def _check_types(path: Path, infos: list) -> None:
+    """One error naming every tensor type Ember cannot read, and the tensors that hold it."""
+    unknown: dict[int, list[str]] = {}
+    for name, _, kind, _ in infos:
+        if kind not in BY_GGML_TYPE:
+            unknown.setdefault(kind, []).append(name)
+    if not unknown:
+        return
+    from gguf.constants import GGMLQuantizationType  # only for the names in this message
+
+    def type_name(kind: int) -> str:
+        try:
+            return GGMLQuantizationType(kind).name
+        except ValueError:
+            return f"type {kind}"
+
+    def tensors(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    found = "; ".join(f"{type_name(k)} ({tensors(names)})" for k, names in sorted(unknown.items()))
+    raise ModelError(f"{path}: tensor types Ember cannot read: {found}. It reads "
+                     f"{', '.join(FORMATS)}: get this model in one of those (Q4_K_M, Q8_0 and F16 "
+                     "files are the common ones), or convert this file with llama.cpp: "
+                     f"`llama-quantize --allow-requantize {path.name} out.gguf Q4_K_M`")

@@ -2,12 +2,13 @@
 `Weights` in our names.
 
 Owns: `load_model`, `read_safetensors`, the HF/GGUF name tables.
-Imports: numpy, engine.{config,gguf_file,weights}, kernels.quant. Used by: server (CLI), tests, bench.
+Imports: numpy, engine.{config,gguf_file,weights}, kernels.{formats,quant}. Used by: server (CLI), tests, bench.
 
 Both paths produce the same `Weights`: matrices (out, in), query/key rows in rotate-half order.
 `weights` picks what a matrix is in memory:
-  "auto"  GGUF Q8_0 / Q4_0 / Q4_1 matrices stay blocks, viewed in the file's memory map (only
-          query/key rows, reordered, are copied); F32 / F16 / BF16 ones become f32.
+  "auto"  GGUF quantized matrices (every format of kernels.formats) stay blocks, viewed in the
+          file's memory map (only query/key rows, reordered, are copied); F32 / F16 / BF16 ones
+          become f32.
   "q8_0"  as auto, and float matrices are quantized to Q8_0 at load (a quarter of f32's bytes).
   "f32"   every matrix dequantized to f32: the reference path.
 Norms and biases are always f32. Safetensors F32, F16 and BF16 are read through a memory map.
@@ -24,7 +25,8 @@ import numpy as np
 from engine.config import ModelConfig, ModelError
 from engine.gguf_file import GGUFFile, GGUFTensor
 from engine.weights import LayerWeights, Matrix, QuantMatrix, Weights, dequantize
-from kernels.quant import FORMATS, QK, dequantize_ref, quantize_q8_0
+from kernels.formats import FORMATS, QUANTIZED
+from kernels.quant import QK, quantize_q8_0
 
 # our name -> (Hugging Face name, GGUF name); "{i}" is the layer index.
 GLOBAL_NAMES = {
@@ -141,10 +143,10 @@ def _load_gguf(path: Path, file: GGUFFile | None = None, mode: str = "auto") -> 
 def _gguf_tensor(t: GGUFTensor) -> Matrix:
     """Quantized matrices as a `QuantMatrix` over the file's memory map; F32 matrices as views
     of it too; F16 / BF16 (and quantized vectors) widened to f32."""
-    if t.kind in FORMATS:
+    if t.kind in QUANTIZED:
         if len(t.shape) == 2:
             return QuantMatrix(t.data, t.kind)
-        return dequantize_ref(t.data, t.kind).reshape(t.shape)
+        return FORMATS[t.kind].dequantize(t.data).reshape(t.shape)
     if t.kind == "BF16":
         return _bf16_to_f32(t.data)
     return t.data if t.kind == "F32" else t.data.astype(np.float32)

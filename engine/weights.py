@@ -5,7 +5,8 @@ Owns: `QuantMatrix`, `Matrix`, `LayerWeights`, `Weights`, `linear`, `embed`,
 
 Every matrix is (out_features, in_features), the layout of both Hugging Face and GGUF files, so
 `linear(x, w)` is `x @ w.T`. A matrix is either an f32 ndarray or a `QuantMatrix`: GGUF blocks
-(Q8_0, Q4_0, Q4_1) kept as they are in the file, usually a view of its memory map. Query and
+of any format of kernels.formats, kept as they are in the file, usually a view of its memory
+map. Query and
 key rows are in Hugging Face order (the rotate-half RoPE layout); the GGUF loader undoes
 llama.cpp's interleaving permutation (for quantized rows too: a row's blocks move together).
 """
@@ -17,25 +18,25 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kernels import dequantize_rows, matmul_rows, qmatmul_rows
-from kernels.quant import BLOCK_BYTES, QK, format_code
+from kernels.formats import FORMATS
 
 
 @dataclass(frozen=True)
 class QuantMatrix:
-    """A block-quantized (out, in) matrix: `data` (out, in / 32 * block bytes) uint8 in GGUF
-    layout, `fmt` one of kernels.quant.FORMATS (`code` is its number for the kernels)."""
+    """A block-quantized (out, in) matrix: `data` (out, in / block weights * block bytes) uint8
+    in GGUF layout, `fmt` one of kernels.formats.QUANTIZED."""
 
     data: np.ndarray
     fmt: str
-    code: int = field(init=False)
     shape: tuple[int, int] = field(init=False)  # (out, in), like an ndarray's
 
     def __post_init__(self):
+        spec = FORMATS[self.fmt]
         if self.data.dtype != np.uint8 or self.data.ndim != 2 or not self.data.flags.c_contiguous \
-                or self.data.shape[1] % BLOCK_BYTES[self.fmt]:
+                or self.data.shape[1] % spec.block_bytes or spec.unpack is None:
             raise ValueError(f"not a {self.fmt} matrix: {self.data.dtype} {self.data.shape}")
-        object.__setattr__(self, "code", format_code(self.fmt))
-        object.__setattr__(self, "shape", (self.data.shape[0], self.data.shape[1] // BLOCK_BYTES[self.fmt] * QK))
+        in_features = self.data.shape[1] // spec.block_bytes * spec.block_weights
+        object.__setattr__(self, "shape", (self.data.shape[0], in_features))
 
 
 Matrix = np.ndarray | QuantMatrix
@@ -86,7 +87,7 @@ def linear(x: np.ndarray, w: Matrix) -> np.ndarray:
     if type(w) is not QuantMatrix:
         matmul_rows(x, w, out)
     elif len(x) < DEQUANTIZE_ROWS:
-        qmatmul_rows(x, w.data, w.code, out)
+        qmatmul_rows(x, w.data, w.fmt, out)
     else:
         n_out, k = w.shape
         step = max(1, SCRATCH_BYTES // (4 * k))
@@ -108,7 +109,7 @@ def dequantize(w: Matrix, rows: np.ndarray | None = None) -> np.ndarray:
     if not isinstance(w, QuantMatrix):
         return w[rows]
     out = np.empty((len(rows), w.shape[1]), np.float32)
-    dequantize_rows(w.data, w.code, np.asarray(rows, np.int64), out)
+    dequantize_rows(w.data, w.fmt, np.asarray(rows, np.int64), out)
     return out
 
 

@@ -1,9 +1,10 @@
 """LLVM-IR building blocks for the few kernels numba's vectorizer cannot write well.
 
 Owns: the IR types, `splat`, `fmuladd`, `hsum`, `half_to_float`, `prefetch`, `array_data`,
-`check_arrays`, and the scalar bit casts `float_bits` / `bits_float`.
-Imports: llvmlite, numba. Used by: kernels.quant (block-quantized dots), kernels.attention
-(f16 KV-cache rows), kernels.expf (the bit casts).
+`check_arrays`, the scalar bit casts `float_bits` / `bits_float`, and what the host CPU has
+(`NATIVE_HALF`, `HAS_PSHUFB`). Imports: llvmlite, numba. Used by: kernels.formats (block
+readers), kernels.quant (block-quantized dots), kernels.attention (f16 KV-cache rows),
+kernels.expf (the bit casts).
 
 Kernels that need explicit vectors are numba `intrinsic`s whose codegen uses these helpers.
 Every floating-point step is explicit (no fast-math flags: fmuladd, a fixed halving tree for
@@ -19,9 +20,11 @@ from numba.extending import intrinsic
 
 F32, I8, I16, I32, I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 
+_FEATURES = llvm.get_host_cpu_features().flatten().split(",")
 # Halves convert in one instruction with F16C (x86) and on ARM; elsewhere with integer moves.
-NATIVE_HALF = "aarch64" in llvm.get_process_triple() or \
-    "+f16c" in llvm.get_host_cpu_features().flatten().split(",")
+NATIVE_HALF = "aarch64" in llvm.get_process_triple() or "+f16c" in _FEATURES
+# A 16-entry byte table lookup in one instruction (x86 SSSE3), for the IQ4 formats' codes.
+HAS_PSHUFB = "+ssse3" in _FEATURES
 
 
 def const(value: int) -> ir.Constant:

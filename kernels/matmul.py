@@ -19,7 +19,7 @@ from kernels.quant import block_dots
 # Tiles (outputs x rows): three weight rows and two x rows feed six dot products (12
 # accumulators: what the 16 AVX2 registers hold); the last row and the last O % 3 outputs in
 # smaller tiles, which round an element identically.
-_3x2, _3x1, _1x2, _1x1 = (block_dots("F32", n_rows, n_outs) for n_outs, n_rows in ((3, 2), (3, 1), (1, 2), (1, 1)))
+_3x2, _3x1, _1x2, _1x1 = (block_dots(n_rows, n_outs) for n_outs, n_rows in ((3, 2), (3, 1), (1, 2), (1, 1)))
 
 ROW_BLOCK = 64  # x rows per pass over the weights: 64 rows of a few thousand floats stay in L2
 
@@ -42,15 +42,15 @@ def matmul_rows(x, w, out):
             if o + 3 <= n_out:
                 r = r0
                 while r + 2 <= r1:
-                    _3x2(w, o, x, r, out)
+                    _3x2("F32", w, o, x, r, out)
                     r += 2
                 if r < r1:
-                    _3x1(w, o, x, r, out)
+                    _3x1("F32", w, o, x, r, out)
             else:
                 for oo in range(o, n_out):
                     r = r0
                     while r + 2 <= r1:
-                        _1x2(w, oo, x, r, out)
+                        _1x2("F32", w, oo, x, r, out)
                         r += 2
                     if r < r1:
-                        _1x1(w, oo, x, r, out)
+                        _1x1("F32", w, oo, x, r, out)
