@@ -1,7 +1,7 @@
 """Reading a model from disk: a GGUF file or a Hugging Face directory, into `ModelConfig` and
 `Weights` in our names.
 
-Owns: `load_model`, `read_safetensors`, the HF/GGUF name tables.
+Owns: `load_model`, `load_gguf_reference`, `read_safetensors`, the HF/GGUF name tables.
 Imports: numpy, engine.{config,gguf_file,weights}, kernels.{formats,quant}. Used by: server (CLI), tests, bench.
 
 Both paths produce the same `Weights`: matrices (out, in), query/key rows in rotate-half order.
@@ -138,6 +138,28 @@ def _load_gguf(path: Path, file: GGUFFile | None = None, mode: str = "auto") -> 
         return arr
 
     return cfg, build_weights(cfg, get, mode)
+
+
+def load_gguf_reference(path: str | Path) -> tuple[ModelConfig, Weights]:
+    """The f32 model of a GGUF file as the `gguf` package reads and dequantizes it, not through
+    Ember's reader or kernels: what tests and benchmarks compare Ember's quantized path with."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    tensors = {t.name: gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
+               .reshape([int(n) for n in reversed(t.shape)]) for t in reader.tensors}
+    meta = {key: field.contents() for key, field in reader.fields.items()}
+    rope = tensors.get("rope_freqs.weight")
+    cfg = ModelConfig.from_gguf(meta, set(tensors), rope)
+    unpermute = meta.get("general.architecture") == "llama"
+
+    def get(name: str, i: int | None) -> np.ndarray:
+        arr = tensors[(LAYER_NAMES if i is not None else GLOBAL_NAMES)[name][1].format(i=i)]
+        if unpermute and name in ("wq", "bq", "wk", "bk"):
+            return _unpermute_rope(arr, cfg.n_heads if name[1] == "q" else cfg.n_kv_heads)
+        return arr
+
+    return cfg, build_weights(cfg, get, "f32")
 
 
 def _gguf_tensor(t: GGUFTensor) -> Matrix:

@@ -45,7 +45,7 @@ import numpy as np
 from llvmlite import ir
 from numba.core import cgutils
 
-from kernels._ir import F32, I8, I16, I32, I64, HAS_PSHUFB, half_to_float, splat
+from kernels._ir import F32, I8, I16, I32, I64, HAS_PSHUFB, fmuladd, half_to_float, splat
 
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)  # IQ4 codes
 
@@ -119,14 +119,21 @@ class Block:
         return splat(self.b, x, V8F)
 
     def scale(self, q, d, m=None, signed: bool = True, sub: bool = True):
-        """float(q) * d, then - m (or + m with sub False); d and m scalars broadcast."""
-        w = self.b.fmul(self.f_vec(q, signed), self.splat(d))
+        """float(q) * d, then - m (or + m with sub False), d and m scalars broadcast: with m,
+        one fmuladd. Every format's d * q is exact in f32 (at most 22 significant bits), so the
+        fused form rounds as the reference's multiply-then-add does: once, at the add."""
+        w = self.f_vec(q, signed)
         if m is None:
-            return w
-        return (self.b.fsub if sub else self.b.fadd)(w, self.splat(m))
+            return self.b.fmul(w, self.splat(d))
+        return fmuladd(self.b, w, self.splat(d), self.splat(self.b.fneg(m) if sub else m))
 
     def f_vec(self, q, signed: bool = True):
         return (self.b.sitofp if signed else self.b.uitofp)(q, V8F)
+
+    def lanes(self, v, idx):
+        """The <8 x ...> vector of v's lanes idx (eight lane numbers, or one for all eight)."""
+        idx = [idx] * 8 if isinstance(idx, int) else list(idx)
+        return self.b.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(V8I32, idx))
 
 
 def vi(values) -> ir.Constant:
@@ -153,8 +160,6 @@ def _unpack_q4_0(r: Block):
 
 
 def _unpack_q4_1(r: Block):
-    from kernels._ir import fmuladd
-
     d, m = (r.splat(v) for v in r.halves2(0))
     for p in range(4):  # d * n + m in one fmuladd: d * n is exact, so fused or not it is the same
         yield fmuladd(r.b, r.f_vec(r.nibbles8(4 + 8 * (p % 2), high=p >= 2), signed=False), d, m)
@@ -223,17 +228,35 @@ def _scale_min_k4(r: Block, base: int, k: int):
     return sc, m
 
 
+def _scales_mins_k4(r: Block, base: int):
+    """The 8 (scale, min) pairs of a Q4_K / Q5_K block as two <8 x i32> (see `_scale_min_k4`),
+    decoded all at once: a few vector operations instead of a dozen scalar ones per sub-block."""
+    b = r.b
+    low8 = r.bytes8(base)  # bytes 0-7: scales 0-3 and mins 0-3, and the top bits of 4-7
+    packed = b.zext(b.load(r.at(base + 8, ir.VectorType(I8, 4)), align=1), ir.VectorType(I32, 4))
+    top = b.shuffle_vector(packed, ir.Constant(packed.type, None), ir.Constant(V8I32, [0, 1, 2, 3] * 2))
+    first = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * 4 + [0] * 4)
+    out = []
+    for half, packed_bits in ((range(4), b.and_(top, vi(15))), (range(4, 8), b.lshr(top, vi(4)))):
+        own = r.lanes(low8, [*half, *half])  # sub-blocks 0-3 read these bytes' low 6 bits
+        upper = b.shl(b.lshr(own, vi(6)), vi(4))
+        out.append(b.select(first, b.and_(own, vi(63)), b.or_(packed_bits, upper)))
+    return out
+
+
 def _unpack_q4_k(r: Block, qh: int | None = None, qs: int = 16):
     d, dmin = r.halves2(0)
+    sc, m = _scales_mins_k4(r, 4)
+    dks = r.b.fmul(r.splat(d), r.f_vec(sc, signed=False))  # d * scale of each sub-block
+    minus_mks = r.b.fneg(r.b.fmul(r.splat(dmin), r.f_vec(m, signed=False)))  # -(dmin * min)
     for k in range(8):  # sub-blocks of 32: low nibbles of qs[32c:32c+32], then high (c = k // 2)
-        sc, m = _scale_min_k4(r, 4, k)
-        dk, mk = r.b.fmul(d, r.f(sc)), r.b.fmul(dmin, r.f(m))
+        dk, minus_mk = r.lanes(dks, k), r.lanes(minus_mks, k)
         for p in range(4):
             q = r.nibbles8(qs + 32 * (k // 2) + 8 * p, high=k % 2 == 1)
             if qh is not None:  # Q5_K: bit k of qh[l] is weight l's fifth bit
                 high = r.b.and_(r.b.lshr(r.bytes8(qh + 8 * p), vi(k)), vi(1))
                 q = r.b.or_(q, r.b.shl(high, vi(4)))
-            yield r.scale(q, dk, mk, signed=False)
+            yield fmuladd(r.b, r.f_vec(q, signed=False), dk, minus_mk)  # exact product: see `scale`
 
 
 def _unpack_q5_k(r: Block):
@@ -241,42 +264,48 @@ def _unpack_q5_k(r: Block):
 
 
 def _unpack_q6_k(r: Block):
-    d = r.half(208)
+    d = r.splat(r.half(208))
+    dscs = [r.b.fmul(d, r.f_vec(r.bytes8(192 + 8 * g, signed=True))) for g in range(2)]  # d * sc
     for p in range(32):  # weight i = 128 h + 32 j + l: ql[64 h + 32 (j % 2) + l] nibble j // 2,
         i = 8 * p        # qh[32 h + l] bits 2j..2j+1; scale i // 16
         h, j, l0 = i // 128, (i % 128) // 32, i % 32
         low = r.nibbles8(64 * h + 32 * (j % 2) + l0, high=j >= 2)
         top = r.b.and_(r.b.lshr(r.bytes8(128 + 32 * h + l0), vi(2 * j)), vi(3))
         q = r.b.sub(r.b.or_(low, r.b.shl(top, vi(4))), vi(32))
-        sc = r.b.sext(r.b.load(r.at(192 + i // 16, I8), align=1), I32)
-        yield r.scale(q, r.b.fmul(d, r.f(sc)))
+        yield r.b.fmul(r.f_vec(q), r.lanes(dscs[i // 128], (i // 16) % 8))
 
 
 def _unpack_q3_k(r: Block):
-    d = r.half(108)
+    d = r.splat(r.half(108))
+    # the 16 scales, 6 bits each: the low 4 in the nibbles of scales[0:8] (0-7 low, 8-15 high),
+    # the top 2 in scales[8:12] (scale i: byte 8 + i % 4, bits 2 (i // 4))
+    lo = r.bytes8(96)
+    top = r.lanes(r.b.zext(r.b.load(r.at(104, ir.VectorType(I8, 4)), align=1),
+                           ir.VectorType(I32, 4)), [0, 1, 2, 3] * 2)
+    dls = []
+    for low_bits, shifts in ((r.b.and_(lo, vi(15)), [0] * 4 + [2] * 4), (r.b.lshr(lo, vi(4)), [4] * 4 + [6] * 4)):
+        high = r.b.shl(r.b.and_(r.b.lshr(top, vi(shifts)), vi(3)), vi(4))
+        dls.append(r.b.fmul(d, r.f_vec(r.b.sub(r.b.or_(low_bits, high), vi(32)))))  # d * (sc - 32)
     for p in range(32):  # weight i = 128 h + 32 s + l: qs[32 h + l] bits 2s, hmask[l] bit i // 32
         i = 8 * p
         h, s, l0 = i // 128, (i % 128) // 32, i % 32
         low = r.b.and_(r.b.lshr(r.bytes8(32 + 32 * h + l0), vi(2 * s)), vi(3))
         hbit = r.b.and_(r.b.lshr(r.bytes8(l0), vi(i // 32)), vi(1))
         q = r.b.sub(low, r.b.shl(r.b.xor(hbit, vi(1)), vi(2)))
-        si = i // 16  # its scale: 4 bits in scales[si % 8], 2 more in scales[8 + si % 4]
-        lo = r.mask(r.shr(r.byte(96 + si % 8), 4 * (si // 8)), 15)
-        hi = r.mask(r.shr(r.byte(104 + si % 4), 2 * (si // 4)), 3)
-        sc = r.b.sub(r.b.or_(lo, r.b.shl(hi, ir.Constant(I32, 4))), ir.Constant(I32, 32))
-        yield r.scale(q, r.b.fmul(d, r.f(sc)))
+        yield r.b.fmul(r.f_vec(q), r.lanes(dls[i // 128], (i // 16) % 8))
 
 
 def _unpack_q2_k(r: Block):
-    d, dmin = r.halves2(80)
+    d, dmin = (r.splat(v) for v in r.halves2(80))
+    packed = [r.bytes8(8 * g) for g in range(2)]  # scales[16]: low nibble scale, high nibble min
+    dls = [r.b.fmul(d, r.f_vec(r.b.and_(v, vi(15)), signed=False)) for v in packed]
+    minus_mls = [r.b.fneg(r.b.fmul(dmin, r.f_vec(r.b.lshr(v, vi(4)), signed=False))) for v in packed]
     for p in range(32):  # weight i = 128 h + 32 s + l: qs[32 h + l] bits 2s; scales[i // 16]
         i = 8 * p
         h, s, l0 = i // 128, (i % 128) // 32, i % 32
         q = r.b.and_(r.b.lshr(r.bytes8(16 + 32 * h + l0), vi(2 * s)), vi(3))
-        packed = r.byte(i // 16)
-        dl = r.b.fmul(d, r.f(r.mask(packed, 15)))
-        ml = r.b.fmul(dmin, r.f(r.shr(packed, 4)))
-        yield r.scale(q, dl, ml, signed=False)
+        g, lane = (i // 16) // 8, (i // 16) % 8
+        yield fmuladd(r.b, r.f_vec(q, signed=False), r.lanes(dls[g], lane), r.lanes(minus_mls[g], lane))
 
 
 def _unpack_iq4_xs(r: Block):

@@ -20,6 +20,8 @@ sequence, whatever the number of rows and whatever the format.
 """
 
 import functools
+import hashlib
+from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
@@ -211,18 +213,30 @@ def _dequantize_row(typingctx, fmt, w, o, out, i):
 _dots_1, _dots_2, _dots_4 = (block_dots(n) for n in (1, 2, 4))
 
 
+# numba's disk cache notices changes to the file of a jitted function, not to the IR its
+# intrinsics emit from other files: the kernels below take a digest of those as a closure
+# constant, which is part of the cache key, so editing a block reader recompiles them.
+_IR_SOURCES = hashlib.sha256(b"".join((Path(__file__).parent / f).read_bytes()
+                                      for f in ("_ir.py", "formats.py", "quant.py"))).hexdigest()
+
+
 @functools.cache
 def _kernels(fmt: str):
     """The two jitted kernels of one format. `fmt` is a closure constant, so each format is its
     own compiled (and disk-cached: the cache key includes the closure) specialization."""
+    sources = _IR_SOURCES
 
     @jit(parallel=True)
     def dequantize(w, rows, out):
+        if len(sources) == 0:  # never: `sources` is here for the cache key
+            return
         for i in prange(rows.shape[0]):
             _dequantize_row(fmt, w, rows[i], out, i)
 
     @jit(parallel=True)
     def qmatmul(x, w, out):
+        if len(sources) == 0:
+            return
         n_rows = x.shape[0]
         for o in prange(w.shape[0]):
             r = 0

@@ -14,7 +14,7 @@ import pytest
 
 from engine import Engine, EngineConfig, SamplingParams, load_model
 from engine.gguf_file import GGUFFile
-from engine.loader import GLOBAL_NAMES, LAYER_NAMES, _unpermute_rope, build_weights
+from engine.loader import load_gguf_reference
 from engine.model import Transformer, forward
 from engine.weights import QuantMatrix, dequantize
 from kernels import dequantize_rows, qmatmul_rows
@@ -57,19 +57,9 @@ def test_references_equal_gguf_and_kernels_equal_references(model_file):
 
 
 def _gguf_reference_weights(path: Path, cfg):
-    """f32 weights from the gguf package's own reader and dequantizer (not Ember's)."""
-    reader = gguf.GGUFReader(str(path))
-    tensors = {t.name: gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
-               .reshape([int(n) for n in reversed(t.shape)]) for t in reader.tensors}
-
-    def get(name, i):
-        key = (LAYER_NAMES if i is not None else GLOBAL_NAMES)[name][1].format(i=i)
-        arr = tensors[key]
-        if name in ("wq", "wk"):  # llama.cpp stores q/k rows interleaved
-            return _unpermute_rope(arr, cfg.n_heads if name == "wq" else cfg.n_kv_heads)
-        return arr
-
-    return build_weights(cfg, get, "f32")
+    ref_cfg, weights = load_gguf_reference(path)
+    assert ref_cfg == cfg
+    return weights
 
 
 def _logits(cfg, weights, ids):
