@@ -10,7 +10,7 @@ as in bench_engine.py (PERFORMANCE.md): prefill = a 512-token prompt from an emp
 sides alternate, medians of --runs with min-max. Bandwidth: the bytes of every matrix a decode
 step reads (the whole model but the embedding) times tokens per second, against what a
 parallel read of a 2 GB buffer reaches on this machine. Peak RSS: each side alone in a fresh
-process that loads the file and runs one prefill and one decode (`ru_maxrss`).
+process that loads the file and runs one prefill and one decode (VmHWM).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -77,7 +76,9 @@ def _rss_child(side: str, path: Path) -> None:
     prefill, decode = (ember_side(path)[:2] if side == "ember" else llama_cpp_side(path, os.cpu_count() or 1))
     prefill(long_ids)
     decode(short_ids)
-    print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork and exec
+    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
+    print(json.dumps({"rss_mb": int(hwm.split()[1]) / 1024}))
 
 
 def summary(xs: list[float]) -> str:

@@ -2,7 +2,7 @@
 
 Owns: the IR types, `splat`, `fmuladd`, `hsum`, `half_to_float`, `prefetch`, `array_data`,
 `check_arrays`, the scalar bit casts `float_bits` / `bits_float`, and what the host CPU has
-(`NATIVE_HALF`, `HAS_PSHUFB`). Imports: llvmlite, numba. Used by: kernels.formats (block
+(`NATIVE_HALF`, `HAS_PSHUFB`, `HAS_AVX512`). Imports: llvmlite, numba. Used by: kernels.formats (block
 readers), kernels.quant (block-quantized dots), kernels.attention (f16 KV-cache rows),
 kernels.expf (the bit casts).
 
@@ -25,6 +25,8 @@ _FEATURES = llvm.get_host_cpu_features().flatten().split(",")
 NATIVE_HALF = "aarch64" in llvm.get_process_triple() or "+f16c" in _FEATURES
 # A 16-entry byte table lookup in one instruction (x86 SSSE3), for the IQ4 formats' codes.
 HAS_PSHUFB = "+ssse3" in _FEATURES
+# 32 vector registers of 16 floats: tiles of matrix products may hold twice as many elements.
+HAS_AVX512 = "+avx512f" in _FEATURES
 
 
 def const(value: int) -> ir.Constant:

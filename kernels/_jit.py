@@ -1,6 +1,6 @@
 """The one jit decorator every kernel uses, so compilation flags live in one place.
 
-Owns: `jit`. Imports: numba. Used by: every module in kernels/.
+Owns: `jit`, the kernels' cache locator. Imports: numba. Used by: every module in kernels/.
 
 `cache=True` writes compiled machine code next to the module (numba's on-disk cache), so only the
 first start compiles; `nogil=True` lets the engine thread run kernels while the event loop keeps
@@ -11,10 +11,33 @@ a loop with a division has no per-element check and can run 8 lanes at a time (S
 """
 
 import kernels._env  # noqa: F401, I001  (first: thread settings before NumPy and numba load)
+from pathlib import Path
+
 import numba
+from numba.core import caching
 
 # Where OpenMP is missing, numba falls back to tbb or workqueue (see kernels/_env.py for why OpenMP).
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+
+_KERNELS = Path(__file__).resolve().parent
+
+
+class _KernelCacheLocator(caching.InTreeCacheLocator):
+    """numba's in-tree disk cache, but a kernel counts as changed when any file of kernels/
+    does: its machine code also holds the IR that helpers in other files emit (block readers,
+    `_ir`), which numba's stamp of the kernel's own file would not notice."""
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if Path(py_file).resolve().parent != _KERNELS:
+            return None
+        return super().from_function(py_func, py_file)
+
+    def get_source_stamp(self):
+        return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(_KERNELS.glob("*.py")))
+
+
+caching.CacheImpl._locator_classes.insert(0, _KernelCacheLocator)
 
 
 def jit(*, parallel: bool = False, fastmath: bool = False):

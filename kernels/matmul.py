@@ -1,11 +1,11 @@
 """Matrix products of f32 weights whose result for a row does not depend on the other rows.
 
-Owns: `matmul_rows`. Imports: numba, kernels._jit, kernels.quant. Used by: engine.weights (`linear`).
+Owns: `matmul_rows`. Imports: numba, kernels.{_ir,_jit,quant}. Used by: engine.weights (`linear`).
 
 BLAS picks different code paths (and so different float rounding) depending on how many rows a
 call has and where a row sits in it, so the same token would get slightly different activations
 alone and in a batch. Here every output element is one dot product with a fixed reduction order
-(kernels.quant.block_dots: two 8-lane accumulators, a fixed halving sum), whatever the number of
+(kernels.quant.block_dots: two 16-lane accumulators, a fixed halving sum), whatever the number of
 rows and whichever tile computes it. It is also the order of the quantized kernel, so a
 quantized matrix gives the same bits through `qmatmul_rows` (its blocks) as through this kernel
 on its dequantized rows: `linear` picks between them by speed alone.
@@ -13,14 +13,15 @@ on its dequantized rows: `linear` picks between them by speed alone.
 
 from numba import prange
 
+from kernels._ir import HAS_AVX512
 from kernels._jit import jit
 from kernels.quant import block_dots
 
-# Tiles (outputs x rows): three weight rows and two x rows feed six dot products (12
-# accumulators: what the 16 AVX2 registers hold); the last row and the last O % 3 outputs in
-# smaller tiles, which round an element identically.
-_3x2, _3x1, _1x2, _1x1 = (block_dots(n_rows, n_outs) for n_outs, n_rows in ((3, 2), (3, 1), (1, 2), (1, 1)))
-
+# Tiles (outputs x rows): three weight rows and ROWS x rows feed 3 ROWS dot products, two
+# 16-lane accumulators each (12 of the 32 AVX-512 registers for two rows; without AVX-512 a
+# tile of one row already takes 12 of the 16 8-lane registers); the last row and the last O % 3
+# outputs in smaller tiles, which round an element identically.
+ROWS = 2 if HAS_AVX512 else 1
 ROW_BLOCK = 64  # x rows per pass over the weights: 64 rows of a few thousand floats stay in L2
 
 
@@ -41,16 +42,16 @@ def matmul_rows(x, w, out):
             o = 3 * g
             if o + 3 <= n_out:
                 r = r0
-                while r + 2 <= r1:
-                    _3x2("F32", w, o, x, r, out)
-                    r += 2
+                while r + ROWS <= r1:
+                    block_dots("F32", ROWS, 3, w, o, x, r, out)
+                    r += ROWS
                 if r < r1:
-                    _3x1("F32", w, o, x, r, out)
+                    block_dots("F32", 1, 3, w, o, x, r, out)
             else:
                 for oo in range(o, n_out):
                     r = r0
-                    while r + 2 <= r1:
-                        _1x2("F32", w, oo, x, r, out)
-                        r += 2
+                    while r + ROWS <= r1:
+                        block_dots("F32", ROWS, 1, w, oo, x, r, out)
+                        r += ROWS
                     if r < r1:
-                        _1x1("F32", w, oo, x, r, out)
+                        block_dots("F32", 1, 1, w, oo, x, r, out)

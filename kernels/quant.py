@@ -13,15 +13,13 @@ like every kernel.
 The inner loop is written in LLVM IR (a numba `intrinsic`), because numba's loop vectorizer does
 not handle blocks with a scale between them: it fully unrolls them and then vectorizes across
 blocks with gathers, 5-10x slower than this. Per block the format's `unpack` turns the bytes into
-its weights, 8 f32 lanes at a time (the same values `dequantize_rows` writes), and each x row
-adds w * x into its two 8-lane accumulators. Every operation is explicit (fmuladd, a fixed
+its weights, 16 f32 lanes at a time (the same values `dequantize_rows` writes), and each x row
+adds w * x into its 16-lane accumulator. Every operation is explicit (fmuladd, a fixed
 halving tree for the final sum; no fast-math flags), so each output element has one rounding
 sequence, whatever the number of rows and whatever the format.
 """
 
 import functools
-import hashlib
-from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
@@ -30,13 +28,14 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from kernels._ir import F32, I8, I64, check_arrays, fmuladd, hsum, prefetch
+from kernels._ir import F32, HAS_AVX512, I8, I32, I64, check_arrays, fmuladd, hsum, prefetch
 from kernels._jit import jit
-from kernels.formats import FORMATS, QUANTIZED, Block
+from kernels.formats import FORMATS, LANES, QUANTIZED, Block
 
 QK = 32  # weights per Q8_0 block (what quantize_q8_0 writes)
 
-_V8F = ir.VectorType(F32, 8)
+_VF, _V8F = ir.VectorType(F32, LANES), ir.VectorType(F32, 8)
+ACCS = 2  # accumulators per output element: the parts of 16 weights alternate between them
 
 
 def _format(fmt_type) -> str:
@@ -50,135 +49,182 @@ def _format(fmt_type) -> str:
 
 
 PREFETCH_ROWS = 4  # decode (one row) over the default model's blocks: 0.92-0.98x the time
+# x rows that share one unpacking of a block: their 2 x ROW_TILE accumulators, 16 lanes each,
+# must fit in the registers with the unpacked part (32 of 16 lanes with AVX-512, 16 of 8 without)
+ROW_TILE = 4 if HAS_AVX512 else 2
 
 
-def block_dots(n_rows: int, n_outs: int = 1):
-    """An intrinsic dots(fmt, w, o, x, r0, out): out[r0 + i, o + j] = w[o + j] . x[r0 + i] for
-    i < n_rows, j < n_outs. fmt is a compile-time string: a format of kernels.formats (w is its
-    uint8 blocks) or "F32" (w is f32, in_features a multiple of 8). Arrays must be C-contiguous
-    f32 (blocks: uint8), checked at compile time.
+@intrinsic
+def block_dots(typingctx, fmt, n_rows, n_outs, w, o, x, r0, out):
+    """block_dots(fmt, n_rows, n_outs, w, o, x, r0, out): out[r0 + i, o + j] = w[o + j] . x[r0 + i]
+    for i < n_rows, j < n_outs (a tile). fmt, n_rows and n_outs are compile-time constants; fmt
+    is a format of kernels.formats (w is its uint8 blocks) or "F32" (w is f32, in_features a
+    multiple of 8). Arrays must be C-contiguous f32 (blocks: uint8), checked at compile time.
 
-    Each output element has two <8 x float> accumulators: x[0:8], x[16:24], x[32:40]... go into
-    the first, x[8:16], x[24:32]... into the second, in order, whatever the tile shape and the
-    format; the sum at the end adds them lane by lane, then halves. So every tile shape rounds an
-    element identically, and f32 weights equal to a quantized matrix's dequantized values give
-    bit-identical results to the blocks themselves."""
+    Each output element has ACCS = 2 accumulators of 16 lanes: lane l of accumulator a adds up
+    w[k] * x[k] for k = 32 i + 16 a + l, over i in order, whatever the tile shape and the
+    format; the sum at the end adds the two accumulators, then their 8-lane halves, then halves
+    again (a fixed tree). So every tile shape rounds an element identically, and f32 weights
+    equal to a quantized matrix's dequantized values give bit-identical results to the blocks
+    themselves. Two accumulators, not one, so that one element's fmuladds form two chains that
+    overlap. (On AVX2 a 16-lane accumulator is two 8-lane registers, the same arithmetic.)"""
 
-    def make_codegen(fmt: str):
-        quantized = fmt != "F32"
-        spec = FORMATS[fmt] if quantized else None
-        step = spec.block_weights if quantized else 16  # weights per loop iteration
-        bbytes = spec.block_bytes if quantized else 0
+    name = _format(fmt)
+    if not (isinstance(n_rows, types.IntegerLiteral) and isinstance(n_outs, types.IntegerLiteral)):
+        raise TypingError("block_dots: the tile shape must be compile-time integers")
+    check_arrays((w, types.float32 if name == "F32" else types.uint8), (x, types.float32),
+                 (out, types.float32))
+    return (types.void(fmt, n_rows, n_outs, w, o, x, r0, out),
+            _dots_codegen(name, n_rows.literal_value, n_outs.literal_value))
 
-        def codegen(context, builder, sig, args):
-            _, w_t, _, x_t, _, out_t = sig.args
-            w_arr = context.make_array(w_t)(context, builder, args[1])
-            x_arr = context.make_array(x_t)(context, builder, args[3])
-            out_arr = context.make_array(out_t)(context, builder, args[5])
-            o, r0 = args[2], args[4]
-            k_dim = builder.extract_value(x_arr.shape, 1)
-            n_out = builder.extract_value(out_arr.shape, 1)
-            n_steps = builder.sdiv(k_dim, ir.Constant(I64, step))
-            outs = [builder.add(o, ir.Constant(I64, j)) for j in range(n_outs)]
+
+def _dots_codegen(fmt: str, n_rows: int, n_outs: int):
+    """The IR of one tile shape of `block_dots`."""
+    quantized = fmt != "F32"
+    spec = FORMATS[fmt] if quantized else None
+    step = spec.block_weights if quantized else ACCS * LANES  # weights per loop iteration
+    bbytes = spec.block_bytes if quantized else 0
+
+    def codegen(context, builder, sig, args):
+        _, _, _, w_t, _, x_t, _, out_t = sig.args
+        w_arr = context.make_array(w_t)(context, builder, args[3])
+        x_arr = context.make_array(x_t)(context, builder, args[5])
+        out_arr = context.make_array(out_t)(context, builder, args[7])
+        o, r0 = args[4], args[6]
+        k_dim = builder.extract_value(x_arr.shape, 1)
+        n_out = builder.extract_value(out_arr.shape, 1)
+        n_steps = builder.sdiv(k_dim, ir.Constant(I64, step))
+        outs = [builder.add(o, ir.Constant(I64, j)) for j in range(n_outs)]
+        if quantized:
+            row_bytes = builder.mul(n_steps, ir.Constant(I64, bbytes))
+            w_rows = [builder.gep(builder.bitcast(w_arr.data, I8.as_pointer()), [builder.mul(oj, row_bytes)])
+                      for oj in outs]
+        else:
+            w_rows = [builder.gep(w_arr.data, [builder.mul(oj, k_dim)]) for oj in outs]
+
+        def weights(w_row, b):  # the 16-lane parts of loop iteration b of one weight row
             if quantized:
-                row_bytes = builder.mul(n_steps, ir.Constant(I64, bbytes))
-                w_rows = [builder.gep(builder.bitcast(w_arr.data, I8.as_pointer()), [builder.mul(oj, row_bytes)])
-                          for oj in outs]
-            else:
-                w_rows = [builder.gep(w_arr.data, [builder.mul(oj, k_dim)]) for oj in outs]
+                return spec.unpack(Block(builder, builder.gep(w_row, [builder.mul(b, ir.Constant(I64, bbytes))])))
+            first = builder.gep(w_row, [builder.mul(b, ir.Constant(I64, step))])
+            return [builder.load(builder.bitcast(builder.gep(first, [ir.Constant(I64, LANES * p)]),
+                                                 _VF.as_pointer()), align=4) for p in range(ACCS)]
 
-            def weights(w_row, b):  # the <8 x float> parts of loop iteration b of one weight row
-                if quantized:
-                    return spec.unpack(Block(builder, builder.gep(w_row, [builder.mul(b, ir.Constant(I64, bbytes))])))
-                first = builder.gep(w_row, [builder.mul(b, ir.Constant(I64, step))])
-                return [builder.load(builder.bitcast(builder.gep(first, [ir.Constant(I64, 8 * p)]), _V8F.as_pointer()),
-                                     align=4) for p in range(2)]
+        x_rows = [builder.gep(x_arr.data, [builder.mul(builder.add(r0, ir.Constant(I64, i)), k_dim)])
+                  for i in range(n_rows)]
+        tile = [(j, i) for j in range(n_outs) for i in range(n_rows)]
 
-            x_rows = [builder.gep(x_arr.data, [builder.mul(builder.add(r0, ir.Constant(I64, i)), k_dim)])
-                      for i in range(n_rows)]
-            tile = [(j, i) for j in range(n_outs) for i in range(n_rows)]
+        # for b in range(n_steps): unpack step b of each weight row part by part, and for
+        # each x row one fmuladd per part into the element's accumulator
+        entry = builder.block
+        loop = builder.append_basic_block("blocks")
+        done = builder.append_basic_block("blocks_done")
+        zero = ir.Constant(_VF, [0.0] * LANES)
+        builder.cbranch(builder.icmp_signed(">", n_steps, ir.Constant(I64, 0)), loop, done)
 
-            # for b in range(n_steps): unpack step b of each weight row part by part, and for
-            # each x row one fmuladd per part, the parts alternating between the element's two
-            # accumulators
-            entry = builder.block
-            loop = builder.append_basic_block("blocks")
-            done = builder.append_basic_block("blocks_done")
-            zero = ir.Constant(_V8F, [0.0] * 8)
-            builder.cbranch(builder.icmp_signed(">", n_steps, ir.Constant(I64, 0)), loop, done)
+        builder.position_at_end(loop)
+        b = builder.phi(I64)
+        accs = {e: [builder.phi(_VF) for _ in range(ACCS)] for e in tile}
+        if quantized:  # the same block PREFETCH_ROWS rows on, which this thread reads next
+            ahead = builder.add(builder.mul(ir.Constant(I64, PREFETCH_ROWS), row_bytes),
+                                builder.mul(b, ir.Constant(I64, bbytes)))
+            for w_row in w_rows:
+                prefetch(builder, builder.gep(w_row, [ahead]))
+        new_accs = {e: list(accs[e]) for e in tile}
+        base = builder.mul(b, ir.Constant(I64, step))
+        for j in range(n_outs):
+            for p, w_part in enumerate(weights(w_rows[j], b)):
+                for i in range(n_rows):
+                    x_part = builder.gep(x_rows[i], [builder.add(base, ir.Constant(I64, LANES * p))])
+                    xv = builder.load(builder.bitcast(x_part, _VF.as_pointer()), align=4)
+                    acc = new_accs[j, i]
+                    acc[p % ACCS] = fmuladd(builder, w_part, xv, acc[p % ACCS])
+        b_next = builder.add(b, ir.Constant(I64, 1))
+        body_end = builder.block
+        b.add_incoming(ir.Constant(I64, 0), entry)
+        b.add_incoming(b_next, body_end)
+        for e in tile:
+            for acc, new in zip(accs[e], new_accs[e]):
+                acc.add_incoming(zero, entry)
+                acc.add_incoming(new, body_end)
+        builder.cbranch(builder.icmp_signed("<", b_next, n_steps), loop, done)
 
-            builder.position_at_end(loop)
-            b = builder.phi(I64)
-            accs = {e: [builder.phi(_V8F), builder.phi(_V8F)] for e in tile}
-            if quantized:  # the same block PREFETCH_ROWS rows on, which this thread reads next
-                ahead = builder.add(builder.mul(ir.Constant(I64, PREFETCH_ROWS), row_bytes),
-                                    builder.mul(b, ir.Constant(I64, bbytes)))
-                for w_row in w_rows:
-                    prefetch(builder, builder.gep(w_row, [ahead]))
-            new_accs = {e: list(accs[e]) for e in tile}
-            for j in range(n_outs):
-                for p, w_part in enumerate(weights(w_rows[j], b)):
-                    for i in range(n_rows):
-                        x_part = builder.gep(x_rows[i], [builder.add(builder.mul(b, ir.Constant(I64, step)),
-                                                                     ir.Constant(I64, 8 * p))])
-                        xv = builder.load(builder.bitcast(x_part, _V8F.as_pointer()), align=4)
-                        acc = new_accs[j, i]
-                        acc[p % 2] = fmuladd(builder, w_part, xv, acc[p % 2])
-            b_next = builder.add(b, ir.Constant(I64, 1))
-            body_end = builder.block
-            b.add_incoming(ir.Constant(I64, 0), entry)
-            b.add_incoming(b_next, body_end)
-            for e in tile:
-                for acc, new in zip(accs[e], new_accs[e]):
-                    acc.add_incoming(zero, entry)
-                    acc.add_incoming(new, body_end)
-            builder.cbranch(builder.icmp_signed("<", b_next, n_steps), loop, done)
+        builder.position_at_end(done)
+        finals = {}
+        for e in tile:
+            pair = []
+            for new in new_accs[e]:
+                acc = builder.phi(_VF)
+                acc.add_incoming(zero, entry)
+                acc.add_incoming(new, body_end)
+                pair.append(acc)
+            finals[e] = pair
+        if not quantized:  # in_features = 32 n + 16 and / or + 8: the tails
+            k_done = builder.mul(n_steps, ir.Constant(I64, step))
+            finals = _f32_tails(builder, finals, w_rows, x_rows, tile, k_done, k_dim)
+        for j, i in tile:
+            total = hsum(builder, builder.fadd(*_halves(builder, builder.fadd(*finals[j, i]))))
+            r = builder.add(r0, ir.Constant(I64, i))
+            builder.store(total, builder.gep(out_arr.data, [builder.add(builder.mul(r, n_out), outs[j])]))
+        return context.get_dummy_value()
 
-            builder.position_at_end(done)
-            finals = {}
-            for e in tile:  # all phis first, then the sums
-                pair = []
-                for new in new_accs[e]:
-                    acc = builder.phi(_V8F)
-                    acc.add_incoming(zero, entry)
-                    acc.add_incoming(new, body_end)
-                    pair.append(acc)
-                finals[e] = pair
-            if not quantized:  # in_features = 16 n + 8: the last 8 go into the first accumulator
-                tail = builder.append_basic_block("tail")
-                summed = builder.append_basic_block("sums")
-                k_tail = builder.mul(n_steps, ir.Constant(I64, step))
-                builder.cbranch(builder.icmp_signed("<", k_tail, k_dim), tail, summed)
-                before = builder.block
-                builder.position_at_end(tail)
-                with_tail = {}
-                for j, i in tile:
-                    wv = builder.load(builder.bitcast(builder.gep(w_rows[j], [k_tail]), _V8F.as_pointer()), align=4)
-                    xv = builder.load(builder.bitcast(builder.gep(x_rows[i], [k_tail]), _V8F.as_pointer()), align=4)
-                    with_tail[j, i] = fmuladd(builder, wv, xv, finals[j, i][0])
-                builder.branch(summed)
-                builder.position_at_end(summed)
-                for e in tile:
-                    acc = builder.phi(_V8F)
-                    acc.add_incoming(finals[e][0], before)
-                    acc.add_incoming(with_tail[e], tail)
-                    finals[e] = [acc, finals[e][1]]
-            for j, i in tile:
-                total = hsum(builder, builder.fadd(*finals[j, i]))
-                r = builder.add(r0, ir.Constant(I64, i))
-                builder.store(total, builder.gep(out_arr.data, [builder.add(builder.mul(r, n_out), outs[j])]))
-            return context.get_dummy_value()
+    return codegen
 
-        return codegen
 
-    @intrinsic
-    def dots(typingctx, fmt, w, o, x, r0, out):
-        name = _format(fmt)
-        check_arrays((w, types.float32 if name == "F32" else types.uint8), (x, types.float32),
-                     (out, types.float32))
-        return types.void(fmt, w, o, x, r0, out), make_codegen(name)
+def _f32_tails(builder, finals, w_rows, x_rows, tile, k_done, k_dim):
+    """The last weights of f32 rows whose length is not a multiple of 32, in `block_dots`'s
+    order (lane l of accumulator a takes the terms 32 i + 16 a + l): 16 more go into the first
+    accumulator, then 8 more into the low lanes of the next free one."""
+    left = builder.sub(k_dim, k_done)
+    has16 = builder.icmp_signed(">=", left, ir.Constant(I64, LANES))
 
-    return dots
+    def load(ptr, k, width):
+        vt = ir.VectorType(F32, width)
+        return builder.load(builder.bitcast(builder.gep(ptr, [k]), vt.as_pointer()), align=4)
+
+    def add16(f):
+        return {(j, i): [fmuladd(builder, load(w_rows[j], k_done, LANES), load(x_rows[i], k_done, LANES),
+                                 f[j, i][0]), f[j, i][1]] for j, i in tile}
+
+    finals = _maybe(builder, has16, finals, add16)
+    k8 = builder.select(has16, builder.add(k_done, ir.Constant(I64, LANES)), k_done)
+    has8 = builder.icmp_signed("!=", builder.and_(left, ir.Constant(I64, LANES - 1)), ir.Constant(I64, 0))
+
+    def add8(f):
+        out = {}
+        for j, i in tile:
+            w8, x8 = load(w_rows[j], k8, 8), load(x_rows[i], k8, 8)
+            cands = []
+            for acc in f[j, i]:
+                low, high = _halves(builder, acc)
+                cands.append(builder.shuffle_vector(fmuladd(builder, w8, x8, low), high,
+                                                    ir.Constant(ir.VectorType(I32, LANES), list(range(LANES)))))
+            out[j, i] = [builder.select(has16, f[j, i][0], cands[0]), builder.select(has16, cands[1], f[j, i][1])]
+        return out
+
+    return _maybe(builder, has8, finals, add8)
+
+
+def _maybe(builder, cond, finals, update):
+    """finals, changed by update(finals) where cond holds: a branch, then phis."""
+    before = builder.block
+    with builder.if_then(cond):
+        changed = update(finals)
+        inside = builder.block
+    merged = {}
+    for e, accs in finals.items():
+        merged[e] = []
+        for old, new in zip(accs, changed[e]):
+            phi = builder.phi(_VF)
+            phi.add_incoming(old, before)
+            phi.add_incoming(new, inside)
+            merged[e].append(phi)
+    return merged
+
+
+def _halves(builder, v):
+    """The low and high 8 lanes of a 16-lane vector."""
+    return [builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, 8), list(range(h, h + 8))))
+            for h in (0, 8)]
 
 
 @intrinsic
@@ -203,51 +249,48 @@ def _dequantize_row(typingctx, fmt, w, o, out, i):
             blk = builder.gep(w_row, [builder.mul(b, ir.Constant(I64, spec.block_bytes))])
             dst = builder.gep(out_row, [builder.mul(b, ir.Constant(I64, spec.block_weights))])
             for p, w_part in enumerate(spec.unpack(Block(builder, blk))):
-                ptr = builder.gep(dst, [ir.Constant(I64, 8 * p)])
-                builder.store(w_part, builder.bitcast(ptr, _V8F.as_pointer()), align=4)
+                ptr = builder.gep(dst, [ir.Constant(I64, LANES * p)])
+                builder.store(w_part, builder.bitcast(ptr, _VF.as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.void(fmt, w, o, out, i), codegen
 
 
-_dots_1, _dots_2, _dots_4 = (block_dots(n) for n in (1, 2, 4))
-
-
-# numba's disk cache notices changes to the file of a jitted function, not to the IR its
-# intrinsics emit from other files: the kernels below take a digest of those as a closure
-# constant, which is part of the cache key, so editing a block reader recompiles them.
-_IR_SOURCES = hashlib.sha256(b"".join((Path(__file__).parent / f).read_bytes()
-                                      for f in ("_ir.py", "formats.py", "quant.py"))).hexdigest()
-
-
 @functools.cache
 def _kernels(fmt: str):
-    """The two jitted kernels of one format. `fmt` is a closure constant, so each format is its
-    own compiled (and disk-cached: the cache key includes the closure) specialization."""
-    sources = _IR_SOURCES
+    """The two jitted kernels of one format. `fmt` (and its `out_group`) are closure constants,
+    so each format is its own compiled (and disk-cached: the cache key includes the closure)
+    specialization."""
+    group = FORMATS[fmt].out_group
+    rows = ROW_TILE
 
     @jit(parallel=True)
     def dequantize(w, rows, out):
-        if len(sources) == 0:  # never: `sources` is here for the cache key
-            return
         for i in prange(rows.shape[0]):
             _dequantize_row(fmt, w, rows[i], out, i)
 
     @jit(parallel=True)
     def qmatmul(x, w, out):
-        if len(sources) == 0:
-            return
-        n_rows = x.shape[0]
-        for o in prange(w.shape[0]):
+        n_rows, n_out = x.shape[0], w.shape[0]
+        for g in prange((n_out + group - 1) // group):
+            o0 = g * group
+            whole = o0 + group <= n_out
             r = 0
-            while r + 4 <= n_rows:
-                _dots_4(fmt, w, o, x, r, out)
-                r += 4
-            if r + 2 <= n_rows:
-                _dots_2(fmt, w, o, x, r, out)
+            while r + rows <= n_rows:  # ROW_TILE x rows share each unpacked block
+                for o in range(o0, min(o0 + group, n_out)):
+                    block_dots(fmt, rows, 1, w, o, x, r, out)
+                r += rows
+            if rows > 2 and r + 2 <= n_rows and not whole:
+                for o in range(o0, n_out):
+                    block_dots(fmt, 2, 1, w, o, x, r, out)
                 r += 2
-            if r < n_rows:
-                _dots_1(fmt, w, o, x, r, out)
+            while r < n_rows:  # a lone row against `group` weight rows: their chains overlap
+                if whole:
+                    block_dots(fmt, 1, group, w, o0, x, r, out)
+                else:
+                    for o in range(o0, n_out):
+                        block_dots(fmt, 1, 1, w, o, x, r, out)
+                r += 1
 
     return dequantize, qmatmul
 
@@ -263,9 +306,10 @@ def qmatmul_rows(x: np.ndarray, w: np.ndarray, fmt: str, out: np.ndarray) -> Non
     """out = x @ dequantize(w).T for x (R, K) f32 and w (O, row bytes) uint8 blocks of format
     fmt (a name of kernels.formats); out (R, O) f32 is written; all C-contiguous.
 
-    Parallel over output rows. Rows of x go through in fours, then a pair, then one: one
-    unpacking of a weight block feeds the group (eight would spill the 16 AVX2 registers), and
-    every group size rounds an element identically."""
+    Parallel over groups of the format's `out_group` output rows. Rows of x go through
+    ROW_TILE at a time (one unpacking of a weight block feeds them all), then one at a time
+    against the group's weight rows (whose accumulator chains then overlap); every tile shape
+    rounds an element identically."""
     _kernels(fmt)[1](x, w, out)
 
 

@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _weights_arg(s: argparse.ArgumentParser) -> None:
     s.add_argument("--weights", choices=("auto", "q8_0", "f32"), default="auto",
-                   help="weights in memory: auto = as in the file (GGUF Q8_0/Q4_0/Q4_1 blocks read "
+                   help="weights in memory: auto = as in the file (GGUF quantized blocks read "
                         "in place, float tensors as f32); q8_0 = also quantize float tensors to "
                         "Q8_0 at load; f32 = dequantize everything (the reference path)")
 
