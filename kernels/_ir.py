@@ -11,6 +11,8 @@ Every floating-point step is explicit (no fast-math flags: fmuladd, a fixed halv
 sums), so a result has one rounding sequence wherever and however often it is computed.
 """
 
+import os
+
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
@@ -20,7 +22,8 @@ from numba.extending import intrinsic
 
 F32, I8, I16, I32, I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 
-_FEATURES = llvm.get_host_cpu_features().flatten().split(",")
+# What numba compiles for: the host, or NUMBA_CPU_FEATURES when set (to build for another CPU).
+_FEATURES = (os.environ.get("NUMBA_CPU_FEATURES") or llvm.get_host_cpu_features().flatten()).split(",")
 # Halves convert in one instruction with F16C (x86) and on ARM; elsewhere with integer moves.
 NATIVE_HALF = "aarch64" in llvm.get_process_triple() or "+f16c" in _FEATURES
 # A 16-entry byte table lookup in one instruction (x86 SSSE3), for the IQ4 formats' codes.
