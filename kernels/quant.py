@@ -14,9 +14,9 @@ The inner loop is written in LLVM IR (a numba `intrinsic`), because numba's loop
 not handle blocks with a scale between them: it fully unrolls them and then vectorizes across
 blocks with gathers, 5-10x slower than this. Per block the format's `unpack` turns the bytes into
 its weights, 16 f32 lanes at a time (the same values `dequantize_rows` writes), and each x row
-adds w * x into its 16-lane accumulator. Every operation is explicit (fmuladd, a fixed
-halving tree for the final sum; no fast-math flags), so each output element has one rounding
-sequence, whatever the number of rows and whatever the format.
+adds w * x into the element's two 16-lane accumulators, alternately. Every operation is
+explicit (fmuladd, a fixed halving tree for the final sum; no fast-math flags), so each output
+element has one rounding sequence, whatever the number of rows and whatever the format.
 """
 
 import functools
