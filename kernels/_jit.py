@@ -22,10 +22,10 @@ numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 _KERNELS = Path(__file__).resolve().parent
 
 
-class _KernelCacheLocator(caching.InTreeCacheLocator):
-    """numba's in-tree disk cache, but a kernel counts as changed when any file of kernels/
-    does: its machine code also holds the IR that helpers in other files emit (block readers,
-    `_ir`), which numba's stamp of the kernel's own file would not notice."""
+class _KernelsStamp:
+    """For numba's disk cache: a kernel counts as changed when any file of kernels/ does. Its
+    machine code also holds the IR that helpers in other files emit (the block readers, `_ir`),
+    which numba's stamp of the kernel's own file would not notice."""
 
     @classmethod
     def from_function(cls, py_func, py_file):
@@ -37,7 +37,15 @@ class _KernelCacheLocator(caching.InTreeCacheLocator):
         return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(_KERNELS.glob("*.py")))
 
 
-caching.CacheImpl._locator_classes.insert(0, _KernelCacheLocator)
+class _KernelsInNumbaCacheDir(_KernelsStamp, caching.UserProvidedCacheLocator):
+    """NUMBA_CACHE_DIR, when set"""
+
+
+class _KernelsInTree(_KernelsStamp, caching.InTreeCacheLocator):
+    """kernels/__pycache__ otherwise"""
+
+
+caching.CacheImpl._locator_classes[:0] = [_KernelsInNumbaCacheDir, _KernelsInTree]
 
 
 def jit(*, parallel: bool = False, fastmath: bool = False):

@@ -198,7 +198,6 @@ def load_deployment(name: str, path: Path, config: ServerConfig) -> Deployment:
     dep = Deployment(name, EngineClient(engine, config.max_queue), tok,
                      ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token),
                      fingerprint(path), engine.max_seq_len)
-    dep.grammars.warm()  # llguidance's view of the vocabulary, before the first schema needs it
     logger.info("%s: tool calls in the %s syntax%s", name, dep.tool_syntax.name,
                 "" if dep.tools_native else " (the template has none of its own)")
     return dep

@@ -99,7 +99,8 @@ class GrammarCompiler:
         self._ready: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
 
     def warm(self) -> None:
-        """Build llguidance's view of the vocabulary (a quarter of a second for 49k tokens)."""
+        """Build llguidance's view of the vocabulary: a quarter of a second and 47 MB for 49k
+        tokens, so it is built by the first request that needs a grammar, not at load."""
         with self._lock:
             if self._ll is None:
                 self._ll = llguidance.LLTokenizer(self._tokenizer.hf.to_str(), n_vocab=self._vocab_size,
