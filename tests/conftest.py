@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import kernels._env  # noqa: F401, I001  (first: thread settings before numba starts OpenMP)
 
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import threading
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 
 import anyio
 import anyio.from_thread
@@ -90,6 +97,37 @@ def smol(default_model_path):
     file = GGUFFile(default_model_path)  # parsed once, as the server does
     cfg, weights = load_model(default_model_path, file)
     return cfg, weights, Tokenizer.from_path(default_model_path, file.metadata)
+
+
+# llama.cpp's own tokenizer test data: vocabulary-only GGUFs under models/ with .inp/.out cases,
+# from the llama-cpp-python source distribution on PyPI (which vendors llama.cpp).
+LLAMA_CPP_SDIST = ("llama-cpp-python==0.3.36",
+                   "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e")
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_vocabs() -> Path:
+    """A folder of llama.cpp's models/ggml-vocab-* files, fetched once into $EMBER_HOME."""
+    from server.models import ember_home
+
+    requirement, sha256 = LLAMA_CPP_SDIST
+    target = ember_home() / "testdata" / f"llama.cpp-vocab-{requirement.split('==')[1]}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        "--quiet", "-d", tmp, requirement], check=True, capture_output=True)
+        (sdist,) = Path(tmp).glob("*.tar.gz")
+        assert hashlib.sha256(sdist.read_bytes()).hexdigest() == sha256, f"{sdist}: sha256 differs"
+        out = Path(tmp) / "vocab"
+        out.mkdir()
+        with tarfile.open(sdist) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and "/vendor/llama.cpp/models/ggml-vocab-" in member.name:
+                    (out / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+        os.replace(out, target)
+    return target
 
 
 SMOL_KEY = "test-key"

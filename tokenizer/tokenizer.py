@@ -1,7 +1,8 @@
 """Text <-> token ids for a model: a `tokenizers.Tokenizer` built from `tokenizer.json` or from
 the vocabulary in a GGUF file, plus the model's special tokens and chat template.
 
-Owns: `Tokenizer`, `TokenizerError`, `tokenizer_from_gguf`. Imports: tokenizers, gguf, stdlib.
+Owns: `Tokenizer`, `TokenizerError`, `tokenizer_from_gguf`. Imports: tokenizers, gguf, stdlib,
+tokenizer.gguf_vocab.
 Used by: server (prompts, streaming text), tests.
 """
 
@@ -11,8 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
+
+from tokenizer.gguf_vocab import VocabError, vocab_from_gguf
 
 
 class TokenizerError(ValueError):
@@ -37,7 +39,12 @@ _BYTE_DECODER = _byte_decoder()
 
 # End-of-turn tokens of common chat templates: generating one ends the assistant's turn even when
 # the model's generation config does not list it.
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<end_of_turn>")
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|endoftext|>", "</s>",
+                "<end_of_turn>", "<turn|>", "<|end_of_text|>", "<end_of_utterance>")
+
+
+def _is_hex(s: str) -> bool:
+    return all(c in "0123456789ABCDEFabcdef" for c in s)
 
 
 @dataclass
@@ -50,6 +57,7 @@ class Tokenizer:
     add_bos: bool
     chat_template: str | None
     special_ids: frozenset[int] = field(default=frozenset())
+    byte_level: bool = True  # pieces in GPT-2's byte alphabet; else SentencePiece's "▁" and <0xNN>
 
     @classmethod
     def from_path(cls, path: str | Path, gguf_metadata: dict | None = None) -> Tokenizer:
@@ -78,9 +86,9 @@ class Tokenizer:
         """Token ids of text; special-token strings in text (e.g. `<|im_start|>`) become their ids.
         A BOS id is prepended when the model asks for one (or when add_bos says so)."""
         ids = self.hf.encode(text, add_special_tokens=False).ids
-        if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
-            if not ids or ids[0] != self.bos_id:
-                ids.insert(0, self.bos_id)
+        wanted = self.add_bos if add_bos is None else add_bos
+        if wanted and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+            ids.insert(0, self.bos_id)
         return ids
 
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
@@ -89,7 +97,13 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes one token stands for (a byte-level piece may be part of a character)."""
         piece = self.hf.id_to_token(token_id) or ""
-        if token_id in self.special_ids or not all(c in _BYTE_DECODER for c in piece):
+        if token_id in self.special_ids:
+            return piece.encode("utf-8")
+        if not self.byte_level:
+            if len(piece) == 6 and piece[:3] == "<0x" and piece[5] == ">" and _is_hex(piece[3:5]):
+                return bytes([int(piece[3:5], 16)])  # a byte-fallback token
+            return piece.replace("\u2581", " ").encode("utf-8")
+        if not all(c in _BYTE_DECODER for c in piece):
             return piece.encode("utf-8")
         return bytes(_BYTE_DECODER[c] for c in piece)
 
@@ -137,69 +151,34 @@ def _finish(hf: HFTokenizer, bos: int | None, eos: set[int], add_bos: bool,
         tid = hf.token_to_id(tok)
         if tid is not None and tid in specials and (template is None or tok in template):
             eos.add(tid)
-    return Tokenizer(hf, bos, frozenset(eos), add_bos, template, specials)
+    # A tokenizer without a decoder is read as byte-level, the older Hugging Face default.
+    byte_level = hf.decoder is None or b"ByteLevel" in hf.decoder.__getstate__()
+    return Tokenizer(hf, bos, frozenset(eos), add_bos, template, specials, byte_level)
 
 
 # ---------------------------------------------------------------- GGUF
 
-_SPLIT_DIGITS_BYTE_LEVEL = ("smollm", "starcoder", "refact", "codeshell", "command-r", "exaone",
-                            "minerva")
-_LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
-                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
-def _gguf_pre_tokenizer(pre: str):
-    """The pre-tokenizer llama.cpp applies for `tokenizer.ggml.pre` (see its llama-vocab.cpp)."""
-    if pre in _SPLIT_DIGITS_BYTE_LEVEL:
-        return pre_tokenizers.Sequence([
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ])
-    if pre in ("gpt-2", "gpt2", "default"):
-        return pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    regex = {"llama-bpe": _LLAMA3_REGEX, "llama3": _LLAMA3_REGEX, "qwen2": _QWEN2_REGEX}.get(pre)
-    if regex is None:
-        raise TokenizerError(f"GGUF pre-tokenizer {pre!r} is not supported (supported: "
-                             f"{', '.join(_SPLIT_DIGITS_BYTE_LEVEL)}, gpt-2, llama-bpe, qwen2)")
-    return pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(regex), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-
 
 def tokenizer_from_gguf(path: str | Path, metadata: dict | None = None) -> Tokenizer:
-    """Build the same tokenizer llama.cpp uses for a GGUF's BPE ("gpt2") vocabulary, from the
-    file's metadata (already parsed by the caller, or read here with the `gguf` package)."""
+    """Build the tokenizer llama.cpp uses for a GGUF's vocabulary, from the file's metadata
+    (already parsed by the caller, or read here with the `gguf` package)."""
     if metadata is None:
         import gguf
 
         try:
             fields = gguf.GGUFReader(str(path)).fields
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 (the gguf reader fails in many ways on a bad file)
             raise TokenizerError(f"{path}: not a readable GGUF file ({e})") from None
         metadata = {key: field.contents() for key, field in fields.items()}
 
     def get(key: str, default=None):
         return metadata.get(key, default)
 
-    kind = get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise TokenizerError(f"{path}: GGUF tokenizer model {kind!r} is not supported (gpt2 BPE only)")
-    tokens = get("tokenizer.ggml.tokens")
-    types = get("tokenizer.ggml.token_type") or [1] * len(tokens)
-    merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges", [])]
-    pre = get("tokenizer.ggml.pre", "default")
-    hf = HFTokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges,
-                                ignore_merges=pre in ("llama-bpe", "llama3")))
-    hf.pre_tokenizer = _gguf_pre_tokenizer(pre)
-    hf.decoder = decoders.ByteLevel()
-    # token types: 3 = control (special), 4 = user-defined (matched in text, but printable).
-    hf.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                           for t, k in zip(tokens, types) if k == 3])
-    hf.add_tokens([AddedToken(t, special=False, normalized=False)
-                   for t, k in zip(tokens, types) if k == 4])
-    eos = {get("tokenizer.ggml.eos_token_id"), get("tokenizer.ggml.eot_token_id")}
-    return _finish(hf, get("tokenizer.ggml.bos_token_id"), {e for e in eos if e is not None},
-                   bool(get("tokenizer.ggml.add_bos_token", False)), get("tokenizer.chat_template"))
+    try:
+        vocab = vocab_from_gguf(get)
+    except VocabError as e:
+        raise TokenizerError(f"{path}: {e}") from None
+    eos = {get("tokenizer.ggml.eos_token_id"), get("tokenizer.ggml.eot_token_id"),
+           get("tokenizer.ggml.eom_token_id")}
+    return _finish(vocab.hf, get("tokenizer.ggml.bos_token_id"), {e for e in eos if e is not None},
+                   vocab.add_bos, get("tokenizer.chat_template"))
