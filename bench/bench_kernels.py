@@ -44,7 +44,7 @@ def bench_attention(n_tokens: int, n_ctx: int, block_size: int = 16) -> None:
     out = np.empty_like(q)
     pos = np.arange(n_ctx - n_tokens, n_ctx, dtype=np.int64)
     seq = np.zeros(n_tokens, np.int64)
-    t = timed(lambda: attention(q, k, v, tables, seq, pos, np.float32(0.125), out), 20)
+    t = timed(lambda: attention(q, k, v, tables, seq, pos, np.float32(0.125), 0, np.float32(0.0), out), 20)
     ctx = (pos + 1).sum()
     flops = 4 * H * D * ctx  # q.k and p.v, multiply-add = 2 flops each
     print(f"attention N={n_tokens:4d} ctx={n_ctx:4d}: {t * 1e3:8.3f} ms  {flops / t / 1e9:6.1f} GFLOP/s")

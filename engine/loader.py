@@ -47,8 +47,23 @@ LAYER_NAMES = {
     "w1": ("model.layers.{i}.mlp.gate_proj.weight", "blk.{i}.ffn_gate.weight"),
     "w2": ("model.layers.{i}.mlp.down_proj.weight", "blk.{i}.ffn_down.weight"),
     "w3": ("model.layers.{i}.mlp.up_proj.weight", "blk.{i}.ffn_up.weight"),
+    "q_norm": ("model.layers.{i}.self_attn.q_norm.weight", "blk.{i}.attn_q_norm.weight"),
+    "k_norm": ("model.layers.{i}.self_attn.k_norm.weight", "blk.{i}.attn_k_norm.weight"),
+    "post_attn_norm": ("model.layers.{i}.post_attention_layernorm.weight",
+                       "blk.{i}.post_attention_norm.weight"),
+    "post_ffn_norm": ("model.layers.{i}.post_feedforward_layernorm.weight",
+                      "blk.{i}.post_ffw_norm.weight"),
 }
-_BIASES = {"bq", "bk", "bv"}
+HF, GGUF = 0, 1  # which of a name pair
+# Gemma's Hugging Face names: its post_attention_layernorm follows attention (our post_attn_norm),
+# and the FFN's input norm is pre_feedforward_layernorm.
+_GEMMA_HF_FFN_NORM = "model.layers.{i}.pre_feedforward_layernorm.weight"
+# Phi-3 keeps q, k, v in one matrix and the FFN's gate and up in another: their names, and which
+# of our matrices each holds, in row order.
+_FUSED = {("wq", "wk", "wv"): ("model.layers.{i}.self_attn.qkv_proj.weight", "blk.{i}.attn_qkv.weight"),
+          ("w1", "w3"): ("model.layers.{i}.mlp.gate_up_proj.weight", "blk.{i}.ffn_up.weight")}
+# GGUF architectures whose q/k rows llama.cpp's converter permuted (interleaved RoPE pairs).
+_PERMUTED = {"llama", "smollm3"}
 
 WEIGHT_MODES = ("auto", "q8_0", "f32")
 _MATRICES = {"wq", "wk", "wv", "wo", "w1", "w2", "w3", "tok_embeddings", "output"}
@@ -75,11 +90,10 @@ def build_weights(cfg: ModelConfig, get, mode: str = "auto") -> Weights:
         arr = get(name, i)
         return _convert(arr, mode) if name in _MATRICES else arr
 
-    layers = []
-    for i in range(cfg.n_layers):
-        fields = {name: matrix(name, i) for name in LAYER_NAMES
-                  if name not in _BIASES or cfg.qkv_bias}
-        layers.append(LayerWeights(**fields))
+    wanted = [n for n in LAYER_NAMES if (n not in ("bq", "bk", "bv") or cfg.qkv_bias)
+              and (n not in ("q_norm", "k_norm") or cfg.qk_norm)
+              and (n not in ("post_attn_norm", "post_ffn_norm") or cfg.post_norms)]
+    layers = [LayerWeights(**{name: matrix(name, i) for name in wanted}) for i in range(cfg.n_layers)]
     emb = matrix("tok_embeddings", None)
     out = emb if cfg.tie_embeddings else matrix("output", None)
     weights = Weights(tok_embeddings=emb, layers=layers, norm=get("norm", None), output=out)
@@ -98,9 +112,11 @@ def _convert(w: Matrix, mode: str) -> Matrix:
 def _check_shapes(cfg: ModelConfig, w: Weights) -> None:
     C, F, V = cfg.dim, cfg.hidden_dim, cfg.vocab_size
     q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    D = cfg.head_dim
     expect = {"wq": (q, C), "wk": (kv, C), "wv": (kv, C), "wo": (C, q), "w1": (F, C),
               "w2": (C, F), "w3": (F, C), "attn_norm": (C,), "ffn_norm": (C,),
-              "bq": (q,), "bk": (kv,), "bv": (kv,)}
+              "bq": (q,), "bk": (kv,), "bv": (kv,), "q_norm": (D,), "k_norm": (D,),
+              "post_attn_norm": (C,), "post_ffn_norm": (C,)}
     for name, size in [("dim", C), ("hidden_dim", F), ("n_heads * head_dim", q)]:
         if size % 8:  # the matmul kernels read rows 8 floats at a time
             raise ModelError(f"{name} = {size} is not a multiple of 8; Ember cannot run this model")
@@ -119,25 +135,16 @@ def _check_shapes(cfg: ModelConfig, w: Weights) -> None:
 
 def _load_gguf(path: Path, file: GGUFFile | None = None, mode: str = "auto") -> tuple[ModelConfig, Weights]:
     file = file or GGUFFile(path)
-    meta, tensors = file.metadata, file.tensors
-    rope_freqs = _gguf_tensor(tensors["rope_freqs.weight"]) if "rope_freqs.weight" in tensors else None
-    cfg = ModelConfig.from_gguf(meta, set(tensors), rope_freqs)
-    unpermute = meta.get("general.architecture") == "llama"
+    tensors = file.tensors
+    rope = {n: _gguf_tensor(t) for n, t in tensors.items() if n.startswith("rope_")}  # factors
+    cfg = ModelConfig.from_gguf(file.metadata, set(tensors), rope)
 
-    def get(name: str, i: int | None) -> Matrix:
-        table = LAYER_NAMES if i is not None else GLOBAL_NAMES
-        key = table[name][1].format(i=i)
+    def read(key: str) -> Matrix:
         if key not in tensors:
             raise ModelError(f"{path.name}: tensor {key!r} is missing")
-        arr = _gguf_tensor(tensors[key])
-        if unpermute and name in ("wq", "bq", "wk", "bk"):
-            heads = cfg.n_heads if name[1] == "q" else cfg.n_kv_heads
-            if isinstance(arr, QuantMatrix):
-                return QuantMatrix(_unpermute_rope(arr.data, heads), arr.fmt)
-            return _unpermute_rope(arr, heads)
-        return arr
+        return _gguf_tensor(tensors[key])
 
-    return cfg, build_weights(cfg, get, mode)
+    return cfg, build_weights(cfg, _gguf_getter(cfg, read), mode)
 
 
 def load_gguf_reference(path: str | Path) -> tuple[ModelConfig, Weights]:
@@ -149,17 +156,53 @@ def load_gguf_reference(path: str | Path) -> tuple[ModelConfig, Weights]:
     tensors = {t.name: gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32)
                .reshape([int(n) for n in reversed(t.shape)]) for t in reader.tensors}
     meta = {key: field.contents() for key, field in reader.fields.items()}
-    rope = tensors.get("rope_freqs.weight")
-    cfg = ModelConfig.from_gguf(meta, set(tensors), rope)
-    unpermute = meta.get("general.architecture") == "llama"
+    cfg = ModelConfig.from_gguf(meta, set(tensors), {n: t for n, t in tensors.items() if n.startswith("rope_")})
+    return cfg, build_weights(cfg, _gguf_getter(cfg, tensors.__getitem__), "f32")
 
-    def get(name: str, i: int | None) -> np.ndarray:
-        arr = tensors[(LAYER_NAMES if i is not None else GLOBAL_NAMES)[name][1].format(i=i)]
-        if unpermute and name in ("wq", "bq", "wk", "bk"):
-            return _unpermute_rope(arr, cfg.n_heads if name[1] == "q" else cfg.n_kv_heads)
+
+def _gguf_getter(cfg: ModelConfig, read):
+    """get(our name, layer) over read(GGUF tensor name): fused matrices split, q/k rows of
+    permuting converters put back in rotate-half order."""
+    def get(name: str, i: int | None) -> Matrix:
+        key, rows = _tensor_name(cfg, name, i, GGUF)
+        arr = _rows(read(key), rows)
+        if cfg.arch in _PERMUTED and name in ("wq", "bq", "wk", "bk"):
+            heads = cfg.n_heads if name[1] == "q" else cfg.n_kv_heads
+            if isinstance(arr, QuantMatrix):
+                return QuantMatrix(_unpermute_rope(arr.data, heads), arr.fmt)
+            return _unpermute_rope(arr, heads)
         return arr
 
-    return cfg, build_weights(cfg, get, "f32")
+    return get
+
+
+def _tensor_name(cfg: ModelConfig, name: str, i: int | None, source: int) -> tuple[str, slice | None]:
+    """The tensor of a `source` (HF or GGUF) file that holds our `name` of layer i, and which of
+    its rows are ours (None: all)."""
+    if i is None:
+        return GLOBAL_NAMES[name][source], None
+    if cfg.arch == "phi3":
+        for parts, names in _FUSED.items():
+            if name in parts:
+                return names[source].format(i=i), _fused_rows(cfg, parts, name)
+    if source == HF and name == "ffn_norm" and cfg.post_norms:
+        return _GEMMA_HF_FFN_NORM.format(i=i), None
+    return LAYER_NAMES[name][source].format(i=i), None
+
+
+def _fused_rows(cfg: ModelConfig, parts: tuple[str, ...], name: str) -> slice:
+    q, kv, f = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.hidden_dim
+    sizes = {"wq": q, "wk": kv, "wv": kv, "w1": f, "w3": f}
+    start = sum(sizes[p] for p in parts[:parts.index(name)])
+    return slice(start, start + sizes[name])
+
+
+def _rows(arr: Matrix, rows: slice | None) -> Matrix:
+    if rows is None:
+        return arr
+    if isinstance(arr, QuantMatrix):  # a block row is a weight row: rows slice as they are
+        return QuantMatrix(arr.data[rows], arr.fmt)
+    return arr[rows]
 
 
 def _gguf_tensor(t: GGUFTensor) -> Matrix:
@@ -204,12 +247,16 @@ def _load_hf(path: Path, mode: str = "auto") -> tuple[ModelConfig, Weights]:
     for f in files:
         tensors.update(read_safetensors(f))
 
+    gemma = cfg.arch in ("gemma2", "gemma3")
+
     def get(name: str, i: int | None) -> np.ndarray:
-        table = LAYER_NAMES if i is not None else GLOBAL_NAMES
-        key = table[name][0].format(i=i)
+        key, rows = _tensor_name(cfg, name, i, HF)
         if key not in tensors:
             raise ModelError(f"{path}: tensor {key!r} is missing")
-        return np.ascontiguousarray(tensors[key], dtype=np.float32)
+        arr = np.ascontiguousarray(_rows(tensors[key], rows), dtype=np.float32)
+        if gemma and name.endswith("norm"):  # Gemma's RMSNorm scales by 1 + w (GGUF files store 1 + w)
+            arr = arr + np.float32(1.0)
+        return arr
 
     return cfg, build_weights(cfg, get, mode)
 

@@ -56,6 +56,10 @@ class LayerWeights:
     bq: np.ndarray | None = None  # (H*D,)
     bk: np.ndarray | None = None  # (Hkv*D,)
     bv: np.ndarray | None = None  # (Hkv*D,)
+    q_norm: np.ndarray | None = None  # (D,) per-head RMSNorm of q (cfg.qk_norm)
+    k_norm: np.ndarray | None = None  # (D,)
+    post_attn_norm: np.ndarray | None = None  # (C,) RMSNorm of the attention output (cfg.post_norms)
+    post_ffn_norm: np.ndarray | None = None  # (C,)
 
 
 @dataclass

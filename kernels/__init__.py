@@ -3,8 +3,8 @@
 Imports nothing of ours outside kernels/. Used by: engine.
 """
 
-import kernels._env  # noqa: F401, I001  (first: thread settings before numba starts OpenMP)
-from kernels.activations import silu_mul
+import kernels._env  # noqa: F401  (first: thread settings before numba starts OpenMP)
+from kernels.activations import gelu_tanh_mul, silu_mul, softcap_rows
 from kernels.attention import attention, store_kv
 from kernels.matmul import matmul_rows
 from kernels.norm import rms_norm_rows
@@ -23,11 +23,13 @@ __all__ = [
     "dequantize_rows",
     "draw",
     "filter_candidates",
+    "gelu_tanh_mul",
     "matmul_rows",
     "qmatmul_rows",
     "rms_norm_rows",
     "sample_rows",
     "silu_mul",
+    "softcap_rows",
     "softmax_temperature",
     "store_kv",
 ]

@@ -17,7 +17,7 @@ from numba.extending import intrinsic
 
 from kernels._ir import F32, I64, array_data, check_arrays, fmuladd, half_to_float, hsum, splat
 from kernels._jit import jit
-from kernels.expf import exp_inplace
+from kernels.expf import exp_inplace, tanhf
 
 _V8F = ir.VectorType(F32, 8)
 
@@ -84,7 +84,7 @@ def _make_qk(head_dim: int):
     return qk
 
 
-_qk64, _qk128 = _make_qk(64), _make_qk(128)
+_qk64, _qk128, _qk256 = _make_qk(64), _make_qk(128), _make_qk(256)
 
 
 def _make_pv(width: int):
@@ -165,7 +165,7 @@ def store_kv(k, v, kv_index, k_cache, v_cache):
 
 
 @jit(parallel=True, fastmath=True)
-def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, out):
+def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, window, softcap, out):
     """Write softmax(q k^T * scale) v for every (token, head) of the step into out.
 
     q (N, H, D) f32: queries of the step's tokens, RoPE already applied.
@@ -175,6 +175,8 @@ def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, ou
     block_tables (B, max_blocks) int64: position t of sequence s is at block
         block_tables[s, t // BS], offset t % BS.
     token_seq (N,), positions (N,) int64: each token's sequence and position.
+    window: when > 0, a token sees only the last `window` positions (itself included): sliding-
+        window attention. softcap: when > 0, each score s becomes softcap * tanh(s / softcap).
     out (N, H, D) f32, written. Query head h reads kv head h // (H / Hkv) (GQA). D % 8 == 0.
 
     A job is one (token, kv head): the query heads of its group read each K and V row once.
@@ -193,25 +195,32 @@ def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, ou
         i = t // 2 if t % 2 == 0 else n_tokens - 1 - t // 2
         g = job % n_kv
         table = block_tables[token_seq[i]]
-        n_ctx = positions[i] + 1
-        n_blocks = (n_ctx + block_size - 1) // block_size  # block by block: no division per position
+        end = positions[i] + 1  # the token sees positions [start, end)
+        start = max(0, end - window) if window > 0 else 0
+        n_ctx = end - start
         scores = np.empty((group, n_ctx), np.float32)
         q_off = (i * n_heads + g * group) * head_dim
-        for j in range(n_blocks):  # a cache block at a time, each K row widened once per group
-            b = table[j]
-            n = min(block_size, n_ctx - j * block_size)
-            k_off = ((b * block_size) * n_kv + g) * head_dim
+        for j in range(start // block_size, (end + block_size - 1) // block_size):
+            # a cache block at a time (no division per position), each K row widened once per group
+            lo = max(start, j * block_size)
+            n = min(end, (j + 1) * block_size) - lo
+            k_off = ((table[j] * block_size + lo - j * block_size) * n_kv + g) * head_dim
             if head_dim == 64:
-                _qk64(q, q_off, group, k_cache, k_off, n_kv * head_dim, n, scores, j * block_size, n_ctx, scale)
+                _qk64(q, q_off, group, k_cache, k_off, n_kv * head_dim, n, scores, lo - start, n_ctx, scale)
             elif head_dim == 128:
-                _qk128(q, q_off, group, k_cache, k_off, n_kv * head_dim, n, scores, j * block_size, n_ctx, scale)
+                _qk128(q, q_off, group, k_cache, k_off, n_kv * head_dim, n, scores, lo - start, n_ctx, scale)
+            elif head_dim == 256:
+                _qk256(q, q_off, group, k_cache, k_off, n_kv * head_dim, n, scores, lo - start, n_ctx, scale)
             else:
                 for o in range(n):
                     for hh in range(group):
                         s = _dot_half(q, q_off + hh * head_dim, k_cache, k_off + o * n_kv * head_dim, head_dim)
-                        scores[hh, j * block_size + o] = s * scale
+                        scores[hh, lo - start + o] = s * scale
         for hh in range(group):  # softmax numerators, in place
             row = scores[hh]
+            if softcap > 0:
+                for t in range(n_ctx):
+                    row[t] = softcap * tanhf(row[t] / softcap)
             best = np.float32(-np.inf)
             for t in range(n_ctx):
                 best = max(best, row[t])
@@ -219,17 +228,19 @@ def attention(q, k_cache, v_cache, block_tables, token_seq, positions, scale, ou
                 row[t] -= best
             exp_inplace(row, n_ctx)
         acc = np.zeros((group, head_dim), np.float32)
-        for j in range(n_blocks):  # a cache block's positions at a time, the accumulators in registers
-            v_off = ((table[j] * block_size) * n_kv + g) * head_dim
-            n = min(block_size, n_ctx - j * block_size)
+        for j in range(start // block_size, (end + block_size - 1) // block_size):
+            # a cache block's positions at a time, the accumulators in registers
+            lo = max(start, j * block_size)
+            n = min(end, (j + 1) * block_size) - lo
+            v_off = ((table[j] * block_size + lo - j * block_size) * n_kv + g) * head_dim
             for hh in range(group):
                 if head_dim % 64 == 0:
                     for d0 in range(0, head_dim, 64):
-                        _pv64(scores, hh * n_ctx + j * block_size, n, v_cache, v_off + d0, n_kv * head_dim,
+                        _pv64(scores, hh * n_ctx + lo - start, n, v_cache, v_off + d0, n_kv * head_dim,
                               acc, hh * head_dim + d0)
                 else:
                     for d0 in range(0, head_dim, 8):
-                        _pv8(scores, hh * n_ctx + j * block_size, n, v_cache, v_off + d0, n_kv * head_dim,
+                        _pv8(scores, hh * n_ctx + lo - start, n, v_cache, v_off + d0, n_kv * head_dim,
                              acc, hh * head_dim + d0)
         for hh in range(group):
             total = np.float32(0.0)

@@ -1,6 +1,6 @@
 """exp over float32 arrays in a form LLVM vectorizes.
 
-Owns: `expf`, `exp_inplace`. Imports: numpy, kernels._ir, kernels._jit. Used by: kernels.attention, kernels.activations.
+Owns: `expf`, `exp_inplace`, `tanhf`. Imports: numpy, kernels._ir, kernels._jit. Used by: kernels.attention, kernels.activations.
 
 numba compiles `np.exp` inside a loop to one scalar libm call per element (no vector math
 library is available to it), which made exp the largest cost of prompt attention. Here
@@ -43,3 +43,10 @@ def exp_inplace(x, n):
     """x[:n] = expf(x[:n]) for a 1-d f32 array (a loop LLVM runs 8 lanes at a time)."""
     for t in range(n):
         x[t] = expf(x[t])
+
+
+@jit()
+def tanhf(x):
+    """tanh(x) of an f32, as 1 - 2 / (exp(2x) + 1) with `expf` (saturates to +-1; absolute error
+    ~1e-7, which is what the callers need: GELU's gate and soft-capping add it to 1 or scale it)."""
+    return ONE - np.float32(2.0) / (expf(np.float32(2.0) * x) + ONE)

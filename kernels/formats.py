@@ -46,7 +46,7 @@ import numpy as np
 from llvmlite import ir
 from numba.core import cgutils
 
-from kernels._ir import F32, I8, I16, I32, I64, HAS_PSHUFB, fmuladd, half_to_float, splat
+from kernels._ir import F32, HAS_PSHUFB, I8, I16, I32, I64, fmuladd, half_to_float, splat
 
 KVALUES = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)  # IQ4 codes
 

@@ -10,11 +10,12 @@ from kernels._jit import jit
 def apply_rope(x, positions, cos, sin):
     """Rotate x (N, H, D) f32 in place by the angle of each token's position.
 
-    positions (N,) int64; cos, sin (S, D/2) f32 tables indexed by position. Pairs are
-    (x[d], x[d + D/2]) — the "rotate half" layout of Hugging Face checkpoints.
+    positions (N,) int64; cos, sin (S, R/2) f32 tables indexed by position, for the first R
+    dims of each head (R = D unless the model rotates only a part). Pairs are (x[d], x[d + R/2])
+    — the "rotate half" layout of Hugging Face checkpoints.
     """
-    n_tokens, n_heads, head_dim = x.shape
-    half = head_dim // 2
+    n_tokens, n_heads = x.shape[0], x.shape[1]
+    half = cos.shape[1]
     for i in range(n_tokens):
         p = positions[i]
         for h in range(n_heads):

@@ -22,8 +22,9 @@ from tokenizer import Tokenizer
 
 def convert_gguf(src: Path, out: Path, quiet: bool = False) -> None:
     cfg, weights = load_model(src, weights="f32")
-    if cfg.rope_freq_factors is not None:
-        raise ModelError(f"{src}: models with RoPE frequency factors cannot be converted yet")
+    if cfg.arch not in ("llama", "qwen2") or cfg.rope.factors is not None:
+        raise ModelError(f"{src}: only llama and qwen2 models without RoPE frequency factors can be "
+                         f"converted (this is {cfg.arch})")
     tok = Tokenizer.from_path(src)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -66,7 +67,7 @@ def hf_config(cfg: ModelConfig, tok: Tokenizer) -> dict:
         "num_key_value_heads": cfg.n_kv_heads,
         "head_dim": cfg.head_dim,
         "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
+        "rope_theta": cfg.rope.theta,
         "max_position_embeddings": cfg.max_seq_len,
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": cfg.qkv_bias,

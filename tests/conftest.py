@@ -29,7 +29,7 @@ from tokenizer import ChatTemplate, Tokenizer
 
 def tiny_config(**overrides) -> ModelConfig:
     fields = dict(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
-                  hidden_dim=48, norm_eps=1e-5, rope_theta=10000.0, max_seq_len=128,
+                  hidden_dim=48, norm_eps=1e-5, max_seq_len=128,
                   tie_embeddings=True)
     fields.update(overrides)
     return ModelConfig(**fields)

@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 
-from kernels import apply_rope, attention, silu_mul, store_kv
+from kernels import apply_rope, attention, gelu_tanh_mul, silu_mul, softcap_rows, store_kv
 
 
-def attention_reference(q, k_cache, v_cache, tables, token_seq, positions, scale):
-    """softmax(q k^T scale) v in float64, the cache given as f16 bit patterns."""
+def attention_reference(q, k_cache, v_cache, tables, token_seq, positions, scale, window=0,
+                        softcap=0.0):
+    """softmax(q k^T scale) v in float64, the cache given as f16 bit patterns; a token sees its
+    last `window` positions (all when 0), scores capped at softcap * tanh(s / softcap)."""
     k_cache = k_cache.view(np.float16).astype(np.float64)
     v_cache = v_cache.view(np.float16).astype(np.float64)
     n, h, d = q.shape
@@ -15,10 +17,13 @@ def attention_reference(q, k_cache, v_cache, tables, token_seq, positions, scale
     out = np.zeros_like(q)
     for i in range(n):
         table = tables[token_seq[i]]
-        k = k_cache[table].reshape(-1, *k_cache.shape[2:])[: positions[i] + 1]  # (T, Hkv, D)
-        v = v_cache[table].reshape(-1, *v_cache.shape[2:])[: positions[i] + 1]
+        first = max(0, positions[i] + 1 - window) if window else 0
+        k = k_cache[table].reshape(-1, *k_cache.shape[2:])[first: positions[i] + 1]  # (T, Hkv, D)
+        v = v_cache[table].reshape(-1, *v_cache.shape[2:])[first: positions[i] + 1]
         for head in range(h):
             s = k[:, head // group] @ q[i, head] * scale  # (T,)
+            if softcap:
+                s = softcap * np.tanh(s / softcap)
             p = np.exp(s - s.max())
             out[i, head] = (p / p.sum()) @ v[:, head // group]
     return out
@@ -34,9 +39,11 @@ def _paged(rng, n_seqs, max_len, n_kv_heads, d, bs=8):
 
 
 @pytest.mark.parametrize("n_heads,n_kv_heads,d", [(4, 4, 16), (4, 2, 16), (9, 3, 16), (8, 1, 16), (9, 3, 64),
-                                                  (4, 2, 128), (2, 1, 72)])
-def test_attention_matches_reference(n_heads, n_kv_heads, d):
-    """Head dims that are multiples of 64 take the 64-wide P.V path, others the 8-wide one."""
+                                                  (4, 2, 128), (2, 1, 72), (4, 2, 256)])
+@pytest.mark.parametrize("window,softcap", [(0, 0.0), (5, 0.0), (16, 0.0), (0, 3.0), (9, 2.0)])
+def test_attention_matches_reference(n_heads, n_kv_heads, d, window, softcap):
+    """Head dims that are multiples of 64 take the 64-wide P.V path, others the 8-wide one; a
+    window starts inside a cache block (5, 9) or on a block boundary (16)."""
     rng = np.random.default_rng(0)
     k_cache, v_cache, tables = _paged(rng, 3, 40, n_kv_heads, d)
     # a packed step: a 5-token prompt chunk of sequence 2, a decode token of 0 and of 1
@@ -44,8 +51,10 @@ def test_attention_matches_reference(n_heads, n_kv_heads, d):
     positions = np.array([10, 11, 12, 13, 14, 0, 39], np.int64)
     q = rng.standard_normal((len(token_seq), n_heads, d)).astype(np.float32)
     out = np.empty_like(q)
-    attention(q, k_cache, v_cache, tables, token_seq, positions, np.float32(d**-0.5), out)
-    ref = attention_reference(q.astype(np.float64), k_cache, v_cache, tables, token_seq, positions, d**-0.5)
+    attention(q, k_cache, v_cache, tables, token_seq, positions, np.float32(d**-0.5), window,
+              np.float32(softcap), out)
+    ref = attention_reference(q.astype(np.float64), k_cache, v_cache, tables, token_seq, positions, d**-0.5,
+                              window, softcap)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -55,10 +64,11 @@ def test_attention_of_a_token_does_not_depend_on_the_batch():
     q = rng.standard_normal((3, 4, 8)).astype(np.float32)
     token_seq, positions = np.array([0, 1, 1], np.int64), np.array([20, 3, 4], np.int64)
     together = np.empty_like(q)
-    attention(q, k_cache, v_cache, tables, token_seq, positions, np.float32(0.3), together)
+    attention(q, k_cache, v_cache, tables, token_seq, positions, np.float32(0.3), 0, np.float32(0.0),
+              together)
     alone = np.empty_like(q[:1])
     attention(q[:1].copy(), k_cache, v_cache, tables[:1], token_seq[:1], positions[:1],
-              np.float32(0.3), alone)
+              np.float32(0.3), 0, np.float32(0.0), alone)
     assert np.array_equal(alone[0], together[0])
 
 
@@ -80,6 +90,34 @@ def test_rope_matches_reference():
     apply_rope(y, positions, np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32))
     np.testing.assert_allclose(y, rope_reference(x.astype(np.float64), positions, 10000.0),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_partial_rope_rotates_the_first_dims_only():
+    """A table for R < D dims rotates pairs (d, d + R/2) of the first R dims (Phi's partial
+    rotary) and leaves the rest as they were."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 2, 16)).astype(np.float32)
+    positions = np.array([0, 3, 9, 30], np.int64)
+    ang = np.outer(np.arange(32), 1.0 / 10000.0 ** (np.arange(0, 8, 2) / 8))
+    y = x.copy()
+    apply_rope(y, positions, np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32))
+    ref = rope_reference(x[..., :8].astype(np.float64), positions, 10000.0)
+    np.testing.assert_allclose(y[..., :8], ref, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(y[..., 8:], x[..., 8:])
+
+
+def test_gelu_tanh_and_softcap_match_references():
+    g = np.linspace(-12, 12, 97, dtype=np.float32).reshape(1, -1)
+    up = np.full_like(g, 1.5)
+    out = np.empty_like(g)
+    gelu_tanh_mul(g, up, out)
+    x = g.astype(np.float64)
+    ref = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))) * 1.5
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    logits = np.array([[-1e6, -40.0, -1.0, 0.0, 0.5, 29.0, 1e6]], np.float32)
+    capped = logits.copy()
+    softcap_rows(capped, np.float32(30.0))
+    np.testing.assert_allclose(capped, 30 * np.tanh(logits.astype(np.float64) / 30), rtol=1e-6, atol=1e-5)
 
 
 def test_silu_mul_matches_reference_and_survives_extremes():

@@ -28,11 +28,11 @@ def _named(cfg, w, column):
 
 
 def _hf_config(cfg, **extra):
-    return {"architectures": ["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"],
+    return {"architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[cfg.arch]],
             "vocab_size": cfg.vocab_size, "hidden_size": cfg.dim, "intermediate_size": cfg.hidden_dim,
             "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
             "num_key_value_heads": cfg.n_kv_heads, "rms_norm_eps": cfg.norm_eps,
-            "rope_theta": cfg.rope_theta, "max_position_embeddings": cfg.max_seq_len,
+            "rope_theta": cfg.rope.theta, "max_position_embeddings": cfg.max_seq_len,
             "tie_word_embeddings": cfg.tie_embeddings, **extra}
 
 
@@ -50,7 +50,7 @@ def _assert_same(a, b, rtol=0.0, atol=0.0):
 
 
 @pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
-@pytest.mark.parametrize("overrides", [{}, {"qkv_bias": True, "tie_embeddings": False}])
+@pytest.mark.parametrize("overrides", [{}, {"arch": "qwen2", "qkv_bias": True, "tie_embeddings": False}])
 def test_hf_directory_round_trip(tmp_path, dtype, overrides):
     cfg = tiny_config(**overrides)
     w = tiny_weights(cfg)
@@ -93,7 +93,7 @@ def _write_gguf(path, cfg, w, qtype):
     writer.add_feed_forward_length(cfg.hidden_dim)
     writer.add_head_count(cfg.n_heads)
     writer.add_head_count_kv(cfg.n_kv_heads)
-    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_rope_freq_base(cfg.rope.theta)
     writer.add_layer_norm_rms_eps(cfg.norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
     expected = {}
@@ -186,12 +186,13 @@ def test_llama3_rope_scaling_and_config_checks():
     cfg = ModelConfig.from_hf({**base, "rope_scaling": {
         "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64}})
-    f = np.asarray(cfg.rope_freq_factors)
+    f = np.asarray(cfg.rope.factors)
     assert f[0] == 1.0 and f[-1] == 8.0 and np.all(np.diff(f) >= 0)  # high freqs kept, low scaled
-    inv = cfg.inv_freq()
-    plain = ModelConfig.from_hf(base).inv_freq()
-    np.testing.assert_allclose(inv, plain / f)
-    with pytest.raises(ModelError, match="rope_scaling type 'yarn'"):
+    cos, sin = cfg.rope.tables(cfg.head_dim, 64)
+    plain_cos, plain_sin = ModelConfig.from_hf(base).rope.tables(cfg.head_dim, 64)
+    angle, plain = np.arctan2(sin[1], cos[1]), np.arctan2(plain_sin[1], plain_cos[1])  # position 1
+    np.testing.assert_allclose(angle, plain / f, rtol=1e-6)
+    with pytest.raises(ModelError, match="RoPE type 'yarn'"):
         ModelConfig.from_hf({**base, "rope_scaling": {"type": "yarn", "factor": 2.0}})
     with pytest.raises(ModelError, match="missing field 'hidden_size'"):
         ModelConfig.from_hf({k: v for k, v in base.items() if k != "hidden_size"})
