@@ -1,6 +1,6 @@
 """Frozen configuration of the model architecture and of the engine.
 
-Owns: `ModelConfig` (with `from_hf` and `from_gguf`), `EngineConfig`, `ModelError`.
+Owns: `ModelConfig` (with `from_hf` and `from_gguf`), `Rope`, `EngineConfig`, `ModelError`.
 Imports: stdlib, numpy. Used by: everything in engine/, and server/ to build an `EngineConfig`.
 """
 

@@ -4,7 +4,9 @@
 Owns: `load_model`, `load_gguf_reference`, `read_safetensors`, the HF/GGUF name tables.
 Imports: numpy, engine.{config,gguf_file,weights}, kernels.{formats,quant}. Used by: server (CLI), tests, bench.
 
-Both paths produce the same `Weights`: matrices (out, in), query/key rows in rotate-half order.
+Both paths produce the same `Weights`: matrices (out, in), query/key rows in rotate-half order,
+Phi-3's fused qkv and gate/up matrices split into their parts (row ranges: views, blocks
+included), Gemma's norm weights as the 1 + w its RMSNorm multiplies by (GGUF files store them so).
 `weights` picks what a matrix is in memory:
   "auto"  GGUF quantized matrices (every format of kernels.formats) stay blocks, viewed in the
           file's memory map (only query/key rows, reordered, are copied); F32 / F16 / BF16 ones
@@ -137,7 +139,10 @@ def _load_gguf(path: Path, file: GGUFFile | None = None, mode: str = "auto") -> 
     file = file or GGUFFile(path)
     tensors = file.tensors
     rope = {n: _gguf_tensor(t) for n, t in tensors.items() if n.startswith("rope_")}  # factors
-    cfg = ModelConfig.from_gguf(file.metadata, set(tensors), rope)
+    try:
+        cfg = ModelConfig.from_gguf(file.metadata, set(tensors), rope)
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
 
     def read(key: str) -> Matrix:
         if key not in tensors:

@@ -133,3 +133,67 @@ def test_packed_batch_gives_the_same_bits_as_alone(name):
     packed = forward(m, slots.cache, slots.batch([(s, 0, i) for i, s in enumerate(seqs)],
                                                  all_logits=True))
     assert np.array_equal(packed, np.concatenate(alone))
+
+
+def q8_copy(src: Path, dst: Path) -> None:
+    """src with its matrices quantized to Q8_0 by the gguf package (metadata as it was)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    w = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+    for t in reader.tensors:
+        values = np.asarray(t.data, np.float32).reshape([int(x) for x in reversed(t.shape)])
+        if values.ndim == 2 and not t.name.startswith("rope_"):
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            w.add_tensor(t.name, gguf.quants.quantize(values, q8), raw_dtype=q8)
+        else:
+            w.add_tensor(t.name, values)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_quantized_file_reads_its_blocks_in_place(tmp_path, name):
+    """A Q8_0 file of each architecture: fused rows (phi3) split as blocks, permuted q/k rows
+    (smollm3) put back, and the same model as the f32 file dequantized by the gguf package."""
+    from engine.loader import load_gguf_reference
+    from engine.weights import QuantMatrix
+
+    q8_copy(ARCH / f"{name}.gguf", tmp_path / "q8.gguf")
+    cfg, weights = load_model(tmp_path / "q8.gguf")
+    ref_cfg, ref = load_gguf_reference(tmp_path / "q8.gguf")
+    assert cfg == ref_cfg == model(name, "gguf")[0]
+    assert isinstance(weights.layers[0].wq, QuantMatrix) and isinstance(weights.layers[0].w3, QuantMatrix)
+    ids = golden(name)["input_ids"]
+    assert_close(logits_of(cfg, weights, ids, cfg.max_seq_len),
+                 logits_of(ref_cfg, ref, ids, cfg.max_seq_len), 1e-4)
+
+
+def test_what_is_refused_is_named(tmp_path):
+    import shutil
+
+    from engine import ModelError
+    from engine.gguf_file import GGUFFile
+
+    file = GGUFFile(ARCH / "qwen3.gguf")
+    file.metadata["general.architecture"] = "mamba"
+    with pytest.raises(ModelError, match=r"qwen3\.gguf: GGUF architecture 'mamba' is not supported "
+                                         r"\(supported: gemma2, gemma3, llama, phi3, qwen2, qwen3, smollm3\)"):
+        load_model(ARCH / "qwen3.gguf", file)
+    hf = tmp_path / "gemma3"
+    shutil.copytree(ARCH / "gemma3-hf", hf)
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "architectures": ["Gemma3ForConditionalGeneration"]}))
+    with pytest.raises(ModelError, match="architecture 'Gemma3ForConditionalGeneration' is not supported"):
+        load_model(hf)
+    (hf / "config.json").write_text(json.dumps({**config, "rope_parameters": {
+        "full_attention": {"rope_type": "yarn", "factor": 2.0}, "sliding_attention": {}}}))
+    with pytest.raises(ModelError, match="RoPE type 'yarn' is not supported"):
+        load_model(hf)
