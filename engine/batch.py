@@ -25,9 +25,10 @@ class StepBatch:
 
     @classmethod
     def pack(cls, seqs: list[tuple[list[int], int, list[int]]], block_size: int,
-             logits_of: list[int] | None = None, all_logits: bool = False) -> StepBatch:
-        """Pack (token_ids, start_position, blocks) per sequence. logit_rows: the last token of
-        each sequence in logits_of (default: every sequence), or every token when all_logits."""
+             n_logits: list[int] | None = None, all_logits: bool = False) -> StepBatch:
+        """Pack (token_ids, start_position, blocks) per sequence. logit_rows: the last
+        n_logits[i] tokens of each sequence i (default: its last token), or every token when
+        all_logits."""
         ids = np.concatenate([np.asarray(t, np.int64) for t, _, _ in seqs])
         pos = np.concatenate([np.arange(p, p + len(t), dtype=np.int64) for t, p, _ in seqs])
         seq = np.concatenate([np.full(len(t), i, np.int64) for i, (t, _, _) in enumerate(seqs)])
@@ -35,11 +36,13 @@ class StepBatch:
         for i, (_, _, blocks) in enumerate(seqs):
             tables[i, :len(blocks)] = blocks
         kv_index = tables[seq, pos // block_size] * block_size + pos % block_size
-        ends = np.cumsum([len(t) for t, _, _ in seqs]) - 1
+        ends = np.cumsum([len(t) for t, _, _ in seqs])
         if all_logits:
             rows = np.arange(len(ids))
+        elif n_logits is None:
+            rows = ends - 1
         else:
-            rows = ends if logits_of is None else ends[np.asarray(logits_of, np.int64)]
+            rows = np.concatenate([np.arange(e - k, e) for e, k in zip(ends, n_logits)] or [[]])
         return cls(ids, pos, seq, tables, kv_index, rows.astype(np.int64))
 
     @property

@@ -327,7 +327,8 @@ class EngineConfig:
     max_batch_tokens: int = 512  # tokens per step; longer prompts are computed in chunks
     kv_cache_mb: int = 512  # KV-cache pool; what running sequences do not hold caches prefixes
     block_size: int = 16  # tokens per KV-cache block (the prefix cache's granularity)
+    max_draft: int = 8  # drafted tokens per sequence and step (engine.proposer); 0: no drafts
 
     def __post_init__(self) -> None:
         assert self.max_seqs >= 1 and self.max_seq_len >= 2 and self.max_batch_tokens >= 1
-        assert self.kv_cache_mb >= 1 and self.block_size >= 1
+        assert self.kv_cache_mb >= 1 and self.block_size >= 1 and self.max_draft >= 0

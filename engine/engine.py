@@ -1,10 +1,12 @@
 """The engine: token ids in, token ids out, one batched step at a time. No threads, no I/O.
 
-Owns: `Engine`. Imports: numpy, engine.*, kernels (one warm-up call). Used by: server (from its
-engine thread), the CLI, tests.
+Owns: `Engine`, `EngineStats`. Imports: numpy, engine.*, kernels (one warm-up call). Used by:
+server (from its engine thread), the CLI, tests.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,6 +20,21 @@ from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
 from engine.weights import Weights
 from kernels import apply_token_mask
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """What the engine holds and has done: all a server needs to report (`Engine.stats`)."""
+
+    waiting: int = 0  # requests queued (or preempted and queued again)
+    running: int = 0  # sequences holding cache blocks
+    kv_blocks_used: int = 0  # held by running sequences
+    kv_blocks_cached: int = 0  # registered in the prefix cache
+    kv_blocks_total: int = 0
+    last_step_tokens: int = 0  # tokens computed by the last step, drafts included
+    tokens_drafted: int = 0  # ever
+    tokens_accepted: int = 0  # ever
+    preemptions: int = 0  # ever
 
 
 class Engine:
@@ -62,10 +79,19 @@ class Engine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
 
+    def request_ids(self) -> set[str]:
+        """The ids of every request not finished yet."""
+        return {r.id for r in self.scheduler.running} | {r.id for r in self.scheduler.waiting}
+
+    def stats(self) -> EngineStats:
+        s, c = self.scheduler, self.cache
+        return EngineStats(s.n_waiting, len(s.running), c.n_referenced, c.n_cached, c.n_blocks,
+                           self.last_step_tokens, s.n_drafted, s.n_accepted, s.n_preempted)
+
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once over the packed batch, and advance the requests."""
         plan = self.scheduler.schedule()
-        self.last_step_tokens = sum(s.n_new for s in plan)
+        self.last_step_tokens = sum(s.n_new + len(s.draft) for s in plan)
         sampled = self.runner.execute(plan)
         return self.scheduler.update(plan, sampled)
 

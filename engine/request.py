@@ -1,18 +1,29 @@
 """A generation request's state as the engine sees it: token ids, progress, and how it ended.
 
-Owns: `Request`, `RequestOutput`, `TokenLogprob`. Imports: numpy, engine.{sampling,grammar}
-(types). Used by: engine.*.
+Owns: `Request`, `RequestState`, `RequestOutput`. Imports: numpy, engine.{sampling,grammar,
+proposer} (types). Used by: engine.*.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.grammar import Grammar
-from engine.sampling import SamplingParams
+from engine.sampling import SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from engine.proposer import Lookup
+
+
+class RequestState(Enum):
+    WAITING = "waiting"  # queued, or preempted (its cache given back) and queued again
+    RUNNING = "running"  # holds cache blocks and is scheduled every step
+    FINISHED = "finished"  # ended: finish_reason says how; holds nothing
 
 
 @dataclass(eq=False)
@@ -22,7 +33,8 @@ class Request:
     A request for n choices is n `Request`s with the same id and indexes 0..n-1: index 0 computes
     the prompt, the others wait as its `forks` and copy its cache when the prompt is done.
     A `grammar` (structured output) has consumed exactly `output_ids`; preemption, which only
-    drops the cache, leaves it as it is.
+    drops the cache, leaves it as it is. `lookup` is the proposer's index of the request's
+    tokens, `acceptance` how often its drafted tokens were accepted lately.
     """
 
     id: str
@@ -39,6 +51,9 @@ class Request:
     grammar: Grammar | None = None
     forks: list[Request] = field(default_factory=list)
     forked_from: Request | None = None
+    state: RequestState = RequestState.WAITING
+    lookup: Lookup | None = None
+    acceptance: float = 0.5
     rng: np.random.Generator = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,20 +77,12 @@ class Request:
         n = len(self.prompt_ids)
         return self.prompt_ids[position] if position < n else self.output_ids[position - n]
 
-    def token_counts(self) -> dict[int, int]:
-        """Every token seen so far -> how often it was generated (0 if only in the prompt)."""
+    def token_counts(self, more: list[int] = ()) -> dict[int, int]:
+        """Every token seen so far (and `more` after them) -> how often it was generated (0 if
+        only in the prompt)."""
         counts = dict.fromkeys(self.prompt_ids, 0)
-        counts.update(Counter(self.output_ids))
+        counts.update(Counter(self.output_ids + list(more)))
         return counts
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """Log-probability of a generated token under the model, and the `top` most likely tokens."""
-
-    token_id: int
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

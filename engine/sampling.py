@@ -1,26 +1,23 @@
-"""Sampling parameters and the per-step sampling pipeline over a batch of logit rows.
+"""Sampling parameters and the sampling pipeline over one step's rows of logits.
 
-Owns: `SamplingParams`, `sample`. Imports: numpy, kernels, engine.grammar, engine.request
-(types only).
-Used by: engine.runner; server builds `SamplingParams` from requests.
+Owns: `SamplingParams`, `SampleRow`, `TokenLogprob`, `sample`, `token_logprob`.
+Imports: numpy, kernels, engine.grammar. Used by: engine.runner; server builds `SamplingParams`.
 
 Order (DESIGN.md): logit_bias -> grammar mask -> repetition / presence / frequency penalties ->
-temperature -> top-k -> top-p -> min-p -> draw. Each row gets one uniform number from its own
-request's RNG, so a seeded request samples the same tokens whatever else is in the batch.
+temperature -> top-k -> top-p -> min-p -> draw. A row is everything its token depends on
+(`SampleRow`): the parameters, the tokens seen so far, the grammar's state and one uniform
+number drawn from its own request's RNG, so a seeded request samples the same tokens whatever
+else is in the batch, and a drafted position samples exactly what a step of its own would.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from engine.grammar import mask_words
+from engine.grammar import Grammar, mask_words
 from kernels import apply_logit_bias, apply_penalties, apply_token_mask, sample_rows
-
-if TYPE_CHECKING:
-    from engine.request import Request, TokenLogprob
 
 
 @dataclass(frozen=True)
@@ -51,59 +48,78 @@ class SamplingParams:
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
 
-def sample(logits: np.ndarray, requests: list[Request]) -> np.ndarray:
-    """One token id per row of logits (R, V) f32 (changed in place); row r belongs to requests[r]."""
-    _bias_and_min_tokens(logits, requests)
-    _grammar_mask(logits, requests)
-    _penalize(logits, requests)
-    params = [r.params for r in requests]
-    out = np.empty(len(requests), np.int64)
+@dataclass(frozen=True)
+class SampleRow:
+    """What one row of logits is sampled with."""
+
+    params: SamplingParams
+    uniform: float  # the row's draw, from its request's RNG
+    n_generated: int  # tokens the request generated before this one (min_tokens)
+    counts: dict[int, int] | None = None  # token -> times generated, prompt tokens 0 (penalties)
+    grammar: Grammar | None = None  # in the state this token continues from
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """Log-probability of a generated token under the model, and the `top` most likely tokens."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def sample(logits: np.ndarray, rows: list[SampleRow]) -> np.ndarray:
+    """One token id per row of logits (R, V) f32 (changed in place)."""
+    _bias_and_min_tokens(logits, rows)
+    _grammar_mask(logits, rows)
+    _penalize(logits, rows)
+    params = [r.params for r in rows]
+    out = np.empty(len(rows), np.int64)
     sample_rows(
         logits,
         np.array([p.temperature for p in params], np.float32),
         np.array([p.top_k for p in params], np.int64),
         np.array([p.top_p for p in params], np.float32),
         np.array([p.min_p for p in params], np.float32),
-        np.array([r.rng.random() for r in requests], np.float64),
+        np.array([r.uniform for r in rows], np.float64),
         out,
     )
     return out
 
 
-def _bias_and_min_tokens(logits: np.ndarray, requests: list[Request]) -> None:
-    rows, ids, values = [], [], []
-    for row, r in enumerate(requests):
+def _bias_and_min_tokens(logits: np.ndarray, rows: list[SampleRow]) -> None:
+    where, ids, values = [], [], []
+    for i, r in enumerate(rows):
         for token, value in r.params.logit_bias:
-            rows.append(row), ids.append(token), values.append(value)
-        if len(r.output_ids) < r.params.min_tokens:  # stop tokens are not allowed yet
+            where.append(i), ids.append(token), values.append(value)
+        if r.n_generated < r.params.min_tokens:  # stop tokens are not allowed yet
             for token in r.params.stop_token_ids:
-                rows.append(row), ids.append(token), values.append(-np.inf)
-    if rows:
-        apply_logit_bias(logits, np.array(rows, np.int64), np.array(ids, np.int64),
+                where.append(i), ids.append(token), values.append(-np.inf)
+    if where:
+        apply_logit_bias(logits, np.array(where, np.int64), np.array(ids, np.int64),
                          np.array(values, np.float32))
 
 
-def _grammar_mask(logits: np.ndarray, requests: list[Request]) -> None:
+def _grammar_mask(logits: np.ndarray, rows: list[SampleRow]) -> None:
     """Rows of constrained requests keep only the tokens their grammar allows next."""
-    rows = [row for row, r in enumerate(requests) if r.grammar is not None]
-    if not rows:
+    where = [i for i, r in enumerate(rows) if r.grammar is not None]
+    if not where:
         return
-    masks = np.zeros((len(rows), mask_words(logits.shape[1])), np.int32)
-    for j, row in enumerate(rows):
-        requests[row].grammar.fill_mask(masks[j])
-    apply_token_mask(logits, np.array(rows, np.int64), masks)
+    masks = np.zeros((len(where), mask_words(logits.shape[1])), np.int32)
+    for j, i in enumerate(where):
+        rows[i].grammar.fill_mask(masks[j])
+    apply_token_mask(logits, np.array(where, np.int64), masks)
 
 
-def _penalize(logits: np.ndarray, requests: list[Request]) -> None:
-    if not any(r.params.has_penalties for r in requests):
+def _penalize(logits: np.ndarray, rows: list[SampleRow]) -> None:
+    if not any(r.params.has_penalties for r in rows):
         return
     row_ptr, ids, counts = [0], [], []
-    for r in requests:
+    for r in rows:
         if r.params.has_penalties:
-            seen = r.token_counts()
-            ids.extend(seen), counts.extend(seen.values())
+            ids.extend(r.counts), counts.extend(r.counts.values())
         row_ptr.append(len(ids))
-    p = [r.params for r in requests]
+    p = [r.params for r in rows]
     apply_penalties(logits, np.array(row_ptr, np.int64), np.array(ids, np.int64),
                     np.array(counts, np.int64),
                     np.array([x.presence_penalty for x in p], np.float32),
@@ -114,8 +130,6 @@ def _penalize(logits: np.ndarray, requests: list[Request]) -> None:
 def token_logprob(logits: np.ndarray, token: int, n_top: int) -> TokenLogprob:
     """Log-probability of token under the model's own distribution (the logits before any
     sampling adjustment), with the n_top most likely tokens; logits (V,) f32."""
-    from engine.request import TokenLogprob
-
     z = logits.astype(np.float64)
     logp = z - (z.max() + np.log(np.exp(z - z.max()).sum()))  # (V,) log-softmax
     top = np.argsort(-logp, kind="stable")[:n_top] if n_top else []

@@ -18,6 +18,12 @@ preempted: it gives back its blocks and waits to be computed again.
 A constrained request's grammar sees every token it gets. Where the grammar allows only one
 continuation (the keys and punctuation of a JSON schema), those tokens are appended at once and
 computed as one chunk in the next step, like a prompt chunk: fewer steps than tokens.
+
+With what budget is left, decoding sequences may draft (engine.proposer): guessed next tokens
+computed in the same step and verified by sampling (engine.runner). Drafts never preempt and
+never delay another sequence's tokens; a rejected one leaves nothing behind: the sequence
+advances over its accepted tokens only, the blocks its draft needed beyond them are given back,
+and only blocks of accepted tokens enter the prefix cache.
 """
 
 from __future__ import annotations
@@ -27,15 +33,19 @@ from dataclasses import dataclass
 
 from engine.config import EngineConfig
 from engine.kv_cache import KVCache
-from engine.request import Request, RequestOutput, TokenLogprob
+from engine.proposer import Proposer
+from engine.request import Request, RequestOutput, RequestState
+from engine.sampling import TokenLogprob
 
 
 @dataclass(frozen=True)
 class ScheduledSeq:
-    """`request` computes `n_new` tokens from position `request.n_computed` in this step."""
+    """`request` computes `n_new` tokens from position `request.n_computed` in this step, and
+    after them its `draft` (when it decodes)."""
 
     request: Request
     n_new: int
+    draft: tuple[int, ...] = ()
 
     @property
     def samples(self) -> bool:
@@ -52,9 +62,12 @@ class ScheduledSeq:
 
 @dataclass(frozen=True)
 class Sample:
+    """What sampling gave a request: its accepted draft tokens and the one sampled after them
+    (one token without a draft), and their logprobs if it asked for them."""
+
     request: Request
-    token: int
-    logprob: TokenLogprob | None = None
+    tokens: list[int]
+    logprobs: list[TokenLogprob] | None = None
 
 
 class Scheduler:
@@ -64,6 +77,10 @@ class Scheduler:
         self.max_seq_len = max_seq_len
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
+        self.proposer = Proposer(config.max_draft)
+        self.n_drafted = 0  # draft tokens computed, ever
+        self.n_accepted = 0  # of them, accepted
+        self.n_preempted = 0  # sequences sent back to wait, ever
 
     def add(self, request: Request) -> None:
         """Queue a request; its forks (other choices) come along and are admitted with it."""
@@ -75,7 +92,7 @@ class Scheduler:
         dropped = [r for r in self.waiting if r.id == request_id]
         for r in dropped:
             self.waiting.remove(r)
-            r.finish_reason, r.grammar = "abort", None
+            r.finish_reason, r.grammar, r.state = "abort", None, RequestState.FINISHED
         running = [r for r in self.running if r.id == request_id]
         for r in running:
             self.running.remove(r)
@@ -106,7 +123,29 @@ class Scheduler:
             n_new = min(r.n_tokens - r.n_computed, budget)
             plan.append(ScheduledSeq(r, n_new))
             budget -= n_new
-        return plan
+        return self._with_drafts(plan, budget)
+
+    def _with_drafts(self, plan: list[ScheduledSeq], budget: int) -> list[ScheduledSeq]:
+        """Let decoding sequences draft with the budget left, never taking another's blocks."""
+        decoding = [(s.request, self._room(s.request) - 1) for s in plan
+                    if s.n_new == 1 and s.samples and not s.request.forks]
+        if not decoding or budget == 0:
+            return plan
+        drafts = self.proposer.drafts(decoding, sum(s.n_new for s in plan),
+                                      sum(len(s.sampling_requests) for s in plan))
+        out = []
+        for s in plan:
+            draft = drafts.get(s.request, ())[:budget]
+            r = s.request
+            while draft and self.cache.blocks_for(r.n_tokens + len(draft)) - len(r.blocks) > self.cache.n_available:
+                draft = draft[:-1]
+            if draft:
+                r.blocks += [self.cache.allocate() for _ in range(
+                    self.cache.blocks_for(r.n_tokens + len(draft)) - len(r.blocks))]
+                budget -= len(draft)
+                s = ScheduledSeq(r, s.n_new, tuple(draft))
+            out.append(s)
+        return out
 
     def _admit(self, r: Request, budget: int) -> bool:
         """Start r (and its forks) if there is room for them and the blocks of its first chunk;
@@ -130,6 +169,8 @@ class Scheduler:
         for f in r.forks:  # each fork's own copy of the prompt's last, partial block
             f.blocks = [self.cache.allocate()]
         self.running += [r] + r.forks
+        for member in [r] + r.forks:
+            member.state = RequestState.RUNNING
         return True
 
     def _grow(self, r: Request, n_tokens: int) -> bool:
@@ -147,21 +188,34 @@ class Scheduler:
 
     def _preempt(self, r: Request) -> None:
         """Give back r's blocks; it (with its forks) waits at the front to be computed again."""
+        self.n_preempted += 1
         for member in [r] + r.forks:  # forks not yet started go back with their parent
             self.running.remove(member)
             self.cache.release(member.blocks)
             member.blocks, member.n_computed, member.n_registered, member.chain = [], 0, 0, 0
+            member.state = RequestState.WAITING
         if not r.output_ids:
             r.n_cached = 0
         self.waiting.appendleft(r)
 
     def update(self, plan: list[ScheduledSeq], samples: list[Sample]) -> list[RequestOutput]:
-        """Advance the scheduled requests, start forks at their parent's prompt end, append the
-        sampled (and grammar-forced) tokens, and finish (releasing the blocks) those that hit a
-        stop, a limit, or the end of their grammar."""
+        """Advance the scheduled requests (over their accepted draft tokens too), start forks
+        at their parent's prompt end, append the sampled (and grammar-forced) tokens, and finish
+        (releasing the blocks) those that hit a stop, a limit, or the end of their grammar."""
+        got = {s.request: s for s in samples}
         for seq in plan:
-            seq.request.n_computed += seq.n_new
-            self._register_full_blocks(seq.request)
+            r = seq.request
+            accepted = len(got[r].tokens) - 1 if seq.draft else 0
+            r.n_computed += seq.n_new + accepted
+            if seq.draft:
+                self.n_drafted += len(seq.draft)
+                self.n_accepted += accepted
+                if r.grammar is None or r.params.logprobs is None:  # forced drafts teach nothing
+                    self.proposer.learn(r, len(seq.draft), accepted)
+                keep = self.cache.blocks_for(r.n_computed + 1)  # the draft's surplus goes back
+                self.cache.release(r.blocks[keep:])
+                del r.blocks[keep:]
+            self._register_full_blocks(r, seq.draft[:accepted])
         for s in samples:  # before any parent can finish and release what they share
             if s.request.awaiting_fork:
                 self._fork(s.request)
@@ -169,32 +223,32 @@ class Scheduler:
         for s in samples:
             r = s.request
             first = not r.output_ids
-            new_ids, reason = self._append(r, s.token)
+            new_ids, reason = self._append(r, s.tokens)
             if reason:
                 self.running.remove(r)
                 self._release(r, reason)
             outputs.append(RequestOutput(r.id, new_ids, reason, len(r.prompt_ids), r.index,
-                                         None if s.logprob is None else [s.logprob],
-                                         r.n_cached if first else 0))
+                                         s.logprobs, r.n_cached if first else 0))
         return outputs
 
-    def _append(self, r: Request, token: int) -> tuple[list[int], str | None]:
-        """Append a sampled token, advance r's grammar over it, and append what the grammar
-        forces next (computed as one chunk in the next step); the new ids and a finish reason."""
-        r.output_ids.append(token)
-        g, p = r.grammar, r.params
+    def _append(self, r: Request, tokens: list[int]) -> tuple[list[int], str | None]:
+        """Append sampled tokens, advance r's grammar over them, and append what the grammar
+        forces next (computed as one chunk in the next step); the new ids and a finish reason.
+        Only the last token may end the sequence (the runner stops verifying at an end)."""
+        r.output_ids += tokens
+        token, g, p = tokens[-1], r.grammar, r.params
         if g is None or (token in p.stop_token_ids and not p.ignore_eos):
-            return [token], self._finish_reason(r, token)
-        if not g.consume([token]):
-            return [token], "error"
+            return tokens, self._finish_reason(r, token)
+        if not g.consume(tokens):
+            return tokens, "error"
         reason = "stop" if g.is_done() else self._finish_reason(r, token)
         if reason or p.logprobs is not None:  # forced tokens have no logits, so no logprobs
-            return [token], reason
+            return tokens, reason
         forced = g.forced()[:self._room(r)]
         if forced and not g.consume(forced):
-            return [token], "error"
+            return tokens, "error"
         r.output_ids += forced
-        return [token, *forced], "stop" if g.is_done() else ("length" if not self._room(r) else None)
+        return [*tokens, *forced], "stop" if g.is_done() else ("length" if not self._room(r) else None)
 
     def _room(self, r: Request) -> int:
         """Tokens r may still generate before its max_tokens or the end of the context."""
@@ -203,11 +257,14 @@ class Scheduler:
             room = min(room, r.params.max_tokens - len(r.output_ids))
         return max(room, 0)
 
-    def _register_full_blocks(self, r: Request) -> None:
-        bs = self.cache.block_size
+    def _register_full_blocks(self, r: Request, accepted: tuple[int, ...] = ()) -> None:
+        """Enter r's newly full blocks in the prefix cache; `accepted` are the draft tokens
+        just computed after r's known ones (appended a moment later)."""
+        bs, known = self.cache.block_size, r.n_tokens
         while (r.n_registered + 1) * bs <= r.n_computed:
             j = r.n_registered
-            tokens = [r.token(p) for p in range(j * bs, (j + 1) * bs)]
+            tokens = [r.token(p) if p < known else accepted[p - known]
+                      for p in range(j * bs, (j + 1) * bs)]
             r.chain = self.cache.register(r.blocks[j], r.chain, tokens)
             r.n_registered += 1
 
@@ -237,7 +294,7 @@ class Scheduler:
         return None if self._room(r) else "length"
 
     def _release(self, r: Request, reason: str) -> None:
-        r.finish_reason = reason
+        r.finish_reason, r.state = reason, RequestState.FINISHED
         self.cache.release(r.blocks)
         r.blocks = []
         r.grammar = None  # its matcher's memory goes with it

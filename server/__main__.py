@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="requests that may wait for the engine; beyond it: 429 with Retry-After")
     s.add_argument("--kv-cache-mb", type=int, default=512,
                    help="KV-cache memory; what running sequences do not use keeps prefixes for reuse")
+    s.add_argument("--max-draft", type=int, default=8,
+                   help="speculative decoding: tokens a sequence may draft per step, verified so "
+                        "that outputs are exactly those without drafts (0 = off)")
     _weights_arg(s)
     s.add_argument("--max-body", type=int, default=8 * 1024 * 1024, help="request body limit, bytes")
     s.add_argument("--grace", type=float, default=30.0,
@@ -119,8 +122,8 @@ def _cmd_serve(args, home: Path) -> int:
     config = ServerConfig(host=args.host, port=args.port, api_keys=keys, insecure=args.insecure,
                           max_seqs=args.max_seqs, context=args.context,
                           max_batch_tokens=args.max_batch_tokens, max_queue=args.max_queue,
-                          kv_cache_mb=args.kv_cache_mb, weights=args.weights, max_body=args.max_body,
-                          grace=args.grace)
+                          kv_cache_mb=args.kv_cache_mb, max_draft=args.max_draft,
+                          weights=args.weights, max_body=args.max_body, grace=args.grace)
     if not config.is_loopback and not keys and not config.insecure:
         print(f"ember: error: refusing to listen on {args.host} without an API key; give "
               "--api-key (or EMBER_API_KEY), or --insecure to serve it open", file=sys.stderr)

@@ -57,9 +57,16 @@ class App:
             lambda: c.stats.kv_blocks_used / max(c.stats.kv_blocks_total, 1))
         m.kv_cached.labels(dep.name).set_function(lambda: c.stats.kv_blocks_cached)
 
+        seen = [c.stats]
+
         def observe(seconds: float, n_tokens: int) -> None:
             m.step_time.observe(seconds)
             m.batch_tokens.observe(n_tokens)
+            now, before = c.stats, seen[0]  # the engine's totals, as counters
+            m.drafted.inc(now.tokens_drafted - before.tokens_drafted)
+            m.accepted.inc(now.tokens_accepted - before.tokens_accepted)
+            m.preemptions.inc(now.preemptions - before.preemptions)
+            seen[0] = now
 
         c.on_step(observe)
 
@@ -190,7 +197,8 @@ def load_deployment(name: str, path: Path, config: ServerConfig) -> Deployment:
     cfg, weights, tok = open_model(path, config.weights)
     engine = Engine(cfg, weights, EngineConfig(max_seqs=config.max_seqs, max_seq_len=config.context,
                                                max_batch_tokens=config.max_batch_tokens,
-                                               kv_cache_mb=config.kv_cache_mb))
+                                               kv_cache_mb=config.kv_cache_mb,
+                                               max_draft=config.max_draft))
     start = time.perf_counter()
     logger.info("%s: compiling kernels (a minute on the first start; cached on disk after)", name)
     engine.warmup()

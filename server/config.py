@@ -20,6 +20,7 @@ class ServerConfig:
     max_batch_tokens: int = 512
     max_queue: int = 64
     kv_cache_mb: int = 512
+    max_draft: int = 8  # speculative decoding: drafted tokens per sequence and step; 0: off
     weights: str = "auto"  # engine.loader.WEIGHT_MODES
     max_body: int = 8 * 1024 * 1024
     max_header: int = 64 * 1024

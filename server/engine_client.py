@@ -1,6 +1,6 @@
 """The bridge between the event loop and the engine thread.
 
-Owns: `EngineClient`, `EngineStats`. Imports: anyio, stdlib, engine. Used by: server.routes, server.app.
+Owns: `EngineClient`. Imports: anyio, stdlib, engine. Used by: server.routes, server.app.
 
 One thread owns the `Engine` (DESIGN.md): handlers post add/abort commands to a thread-safe
 inbox; the thread drains it, runs one step, and hands the step's outputs back to the event loop
@@ -17,12 +17,11 @@ import math
 import queue
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from engine import Engine, Grammar, RequestOutput, SamplingParams
+from engine import Engine, EngineStats, Grammar, RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -31,22 +30,11 @@ class EngineFault(RuntimeError):
     """The engine failed while computing this request."""
 
 
-@dataclass
-class EngineStats:
-    """What the engine thread last reported, read by /metrics (plain values, no locks needed)."""
-
-    waiting: int = 0
-    running: int = 0
-    kv_blocks_used: int = 0  # held by running sequences
-    kv_blocks_cached: int = 0  # registered in the prefix cache
-    kv_blocks_total: int = 0
-
-
 class EngineClient:
     def __init__(self, engine: Engine, max_queue: int = 64):
         self.engine = engine
         self.max_queue = max_queue
-        self.stats = EngineStats(kv_blocks_total=engine.cache.n_blocks)
+        self.stats: EngineStats = engine.stats()  # as the engine thread last reported it
         # Requests sent to the inbox / taken from it: each written by one thread only.
         self._sent = 0
         self._taken = 0
@@ -125,7 +113,7 @@ class EngineClient:
                 outputs = self._fail_all(e)
             elapsed = time.perf_counter() - start
             self._report()
-            if not self._hand_over(outputs, elapsed, engine.last_step_tokens):
+            if not self._hand_over(outputs, elapsed, self.stats.last_step_tokens):
                 return
 
     def _hand_over(self, outputs: list, elapsed: float, n_tokens: int = 0) -> bool:
@@ -164,17 +152,13 @@ class EngineClient:
             self._report()
 
     def _fail_all(self, error: Exception) -> list:
-        ids = {r.id for r in self.engine.scheduler.running} | {r.id for r in self.engine.scheduler.waiting}
+        ids = self.engine.request_ids()
         for rid in ids:
             self.engine.abort(rid)
         return [(rid, EngineFault(f"engine fault: {type(error).__name__}")) for rid in ids]
 
     def _report(self) -> None:
-        s = self.engine.scheduler
-        self.stats.waiting = s.n_waiting
-        self.stats.running = len(s.running)
-        self.stats.kv_blocks_used = self.engine.cache.n_referenced
-        self.stats.kv_blocks_cached = self.engine.cache.n_cached
+        self.stats = self.engine.stats()  # one immutable snapshot, replaced whole
 
     # ------------------------------------------------------------ event loop side
 

@@ -31,6 +31,12 @@ class Metrics:
         self.prefix_hit_tokens = Counter("ember_prefix_cache_hit_tokens",
                                          "Prompt tokens whose KV came from the prefix cache",
                                          registry=r)
+        self.drafted = Counter("ember_draft_tokens", "Drafted tokens computed (speculative decoding)",
+                               registry=r)
+        self.accepted = Counter("ember_draft_accepted_tokens", "Drafted tokens that were accepted",
+                                registry=r)
+        self.preemptions = Counter("ember_preemptions", "Sequences preempted for lack of KV cache",
+                                   registry=r)
         self.rejected = Counter("ember_requests_rejected", "Requests refused with 429 (queue full)",
                                 registry=r)
         self.kv_cached = Gauge("ember_kv_cache_cached_blocks",

@@ -19,7 +19,7 @@ from typing import Any
 from msgspec import UNSET
 
 from engine import RequestOutput
-from engine.request import TokenLogprob
+from engine.sampling import TokenLogprob
 from server.engine_client import EngineFault
 from server.protocol import (SSE_DONE, ChatMessageOut, ChoiceLogprobs, ChunkChoice,
                              CompletionChoice, CompletionLogprobs, Delta, ErrorBody, ErrorResponse,
@@ -54,36 +54,46 @@ class Choice:
         self.calls: list[ToolCall] = []
         self.finish: str | None = None
         self.logprobs: list[TokenLogprob] = []
+        self.n_tokens = 0  # tokens of the reply: up to the one that completed a stop string
 
     @property
     def text(self) -> str:
         return "".join(self.parts)
 
     def feed(self, out: RequestOutput) -> Update:
-        """Take one step's output for this choice."""
+        """Take one step's output for this choice: its tokens one at a time, so that a stop
+        string ends the reply at the token that completes it (a step may bring several)."""
         if self.finish:  # already ended by a stop string; the engine may still be running it
             return Update("")
         if out.finish_reason == "error":
             raise EngineFault("the grammar of this request could not continue")
-        piece = "".join(self._stream.push(t) for t in out.new_ids if t not in self._hidden)
-        calls = []
-        if self._parser is not None:
-            piece, parsed = self._parser.feed(piece)
-            if out.finish_reason:
-                piece += self._parser.finish()
-            for p in parsed:
-                call = ToolCall(new_call_id(self._parser.syntax), FunctionCall(p.name, p.arguments))
-                calls.append((call, p.fragments))
-                self.calls.append(call)
-        text, hit = self._stops.push(piece)
-        if hit:
-            self.finish = "stop"
-        elif out.finish_reason:
-            text += self._stops.flush()
+        texts, calls, used = [], [], 0
+        for k, t in enumerate(out.new_ids):
+            last = k == len(out.new_ids) - 1
+            piece = self._stream.push(t) if t not in self._hidden else ""
+            if self._parser is not None:
+                piece, parsed = self._parser.feed(piece)
+                if last and out.finish_reason:
+                    piece += self._parser.finish()
+                for p in parsed:
+                    call = ToolCall(new_call_id(self._parser.syntax), FunctionCall(p.name, p.arguments))
+                    calls.append((call, p.fragments))
+                    self.calls.append(call)
+            text, hit = self._stops.push(piece)
+            texts.append(text)
+            used += 1
+            if hit:
+                self.finish = "stop"
+                break
+        if not self.finish and out.finish_reason:
+            texts.append(self._stops.flush())
             self.finish = self._finish_reason(out.finish_reason)
+        text = "".join(texts)
         self.parts.append(text)
-        self.logprobs += out.logprobs or []
-        return Update(text, out.logprobs or [], calls)
+        self.n_tokens += used
+        logprobs = (out.logprobs or [])[:used]
+        self.logprobs += logprobs
+        return Update(text, logprobs, calls)
 
     def _finish_reason(self, engine_reason: str) -> str:
         """tool_calls when the reply holds calls, unless max_tokens cut one in half."""

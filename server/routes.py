@@ -43,8 +43,13 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     prompt_tokens: int = 0
     cached_tokens: int = 0
-    completion_tokens: int = 0
+    choices: list[Choice] = field(default_factory=list)  # the reply's, once it has them
     ttft: float | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        """The reply's tokens: a choice's count ends at the token completing a stop string."""
+        return sum(c.n_tokens for c in self.choices)
 
     def deployment(self, model: str | None) -> Deployment:
         """azureml-model-deployment header, else the body's model (case-insensitive); with one
@@ -84,7 +89,6 @@ class Call:
                 last = now
                 self.cached_tokens += out.n_cached
                 self.metrics.prefix_hit_tokens.inc(out.n_cached)
-                self.completion_tokens += len(out.new_ids)
                 self.metrics.generation_tokens.inc(len(out.new_ids))
                 yield out
 
@@ -135,7 +139,7 @@ async def chat_completions(call: Call) -> HttpResponse:
         logger.info("%s user_security_context=%s", call.request_id, encode(req.user_security_context).decode())
     call.check_queue(dep)
     gen = await chat_generation(req, dep)
-    choices = [Choice(dep.tokenizer, gen.stops, tools=gen.tools) for _ in range(gen.n)]
+    choices = call.choices = [Choice(dep.tokenizer, gen.stops, tools=gen.tools) for _ in range(gen.n)]
     created = int(time.time())
     with_logprobs = gen.params.logprobs is not None
     if req.stream:
@@ -160,8 +164,8 @@ async def completions(call: Call) -> HttpResponse:
     gen = completion_generation(req, dep)
     call.check_queue(dep)
     echo = bool(req.echo)
-    choices = [Choice(dep.tokenizer, gen.stops, gen.texts[i // gen.n] if echo else "")
-               for i in range(len(gen.prompts) * gen.n)]
+    choices = call.choices = [Choice(dep.tokenizer, gen.stops, gen.texts[i // gen.n] if echo else "")
+                              for i in range(len(gen.prompts) * gen.n)]
     created = int(time.time())
     with_logprobs = req.logprobs is not None
     if req.stream:

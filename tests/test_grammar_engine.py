@@ -171,7 +171,7 @@ def test_preemption_keeps_the_grammar_state():
     while s.has_unfinished:
         plan = s.schedule()
         preempted |= any(w.id == "new" and w.output_ids for w in s.waiting)
-        samples = [Sample(r, 6 if r.id == "new" else 7)
+        samples = [Sample(r, [6 if r.id == "new" else 7])
                    for seq in plan for r in seq.sampling_requests]
         s.update(plan, samples)
     assert preempted and new.output_ids == [6] * 12 and new.finish_reason == "stop"

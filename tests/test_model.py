@@ -45,7 +45,8 @@ def test_packed_batch_equals_each_sequence_alone():
 def test_logits_only_for_requested_rows():
     cfg = tiny_config()
     model, cache = _setup(cfg, tiny_weights(cfg))
-    assert _fwd(model, cache, [([1, 2, 3], 0, 0), ([4, 5], 0, 1)], logits_of=[1]).shape == (1, cfg.vocab_size)
+    assert _fwd(model, cache, [([1, 2, 3], 0, 0), ([4, 5], 0, 1)], n_logits=[0, 1]).shape == (1, cfg.vocab_size)
+    assert _fwd(model, cache, [([1, 2, 3], 0, 0), ([4, 5], 0, 1)], n_logits=[2, 1]).shape == (3, cfg.vocab_size)
 
 
 def _engine(max_seqs=4, max_batch_tokens=64):

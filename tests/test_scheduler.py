@@ -15,14 +15,14 @@ BS = 4  # tokens per block
 
 def make(max_seqs=4, budget=16, n_blocks=64, max_seq_len=64):
     cache = KVCache(tiny_config(), n_blocks, BS)
-    return Scheduler(EngineConfig(max_seqs=max_seqs, max_batch_tokens=budget, block_size=BS),
-                     cache, max_seq_len)
+    return Scheduler(EngineConfig(max_seqs=max_seqs, max_batch_tokens=budget, block_size=BS,
+                                  max_draft=0), cache, max_seq_len)
 
 
 def step(s, token=7):
     """One step with a fake runner that samples `token` (or token(request)) for every sampler."""
     plan = s.schedule()
-    samples = [Sample(r, token(r) if callable(token) else token)
+    samples = [Sample(r, [token(r) if callable(token) else token])
                for seq in plan for r in seq.sampling_requests]
     return plan, s.update(plan, samples)
 
